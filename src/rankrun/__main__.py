@@ -1,0 +1,5 @@
+import sys
+
+from rankrun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""The ``rankrun`` command: the seed launcher's flags and torchrun's, over ``launch()``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rankrun import launch
+from rankrun.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see rankrun --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rankrun",
+        description="Launch a gang of training ranks that live and die together.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--nnodes", type=_nnodes, default=1, help="number of nodes (N or N:N)")
+    p.add_argument("--node_rank", "--node-rank", type=int, default=0, help="this node's rank")
+    p.add_argument(
+        "--nproc_per_node", "--nproc-per-node", type=int, default=1, help="ranks on this node"
+    )
+    p.add_argument("--master_addr", "--master-addr", default="127.0.0.1", help="rank 0's host")
+    p.add_argument(
+        "--master_port",
+        "--master-port",
+        type=int,
+        default=29500,
+        help="rank 0's port; 0 picks a free one (one node only)",
+    )
+    p.add_argument("--standalone", action="store_true", help="one node on a free port")
+    p.add_argument(
+        "--max_restarts",
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart the whole gang up to N times after a failure",
+    )
+    p.add_argument(
+        "--shutdown_timeout",
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds between SIGTERM and SIGKILL when tearing down (default 30)",
+    )
+    p.add_argument(
+        "--monitor_interval",
+        "--monitor-interval",
+        type=float,
+        default=None,
+        help="accepted for torchrun compatibility and ignored: rankrun reacts to events",
+    )
+    p.add_argument("--no_python", "--no-python", action="store_true", help="run as given")
+    p.add_argument("-m", "--module", action="store_true", help="run a module: python -u -m")
+    p.add_argument("--run_id", "--run-id", "--rdzv_id", "--rdzv-id", help="TORCHELASTIC_RUN_ID")
+    p.add_argument("--role", default="default", help="ROLE_NAME of the ranks")
+    p.add_argument(
+        "--use_env",
+        "--use-env",
+        action="store_true",
+        help="accepted for torch.distributed.launch compatibility: the env is always set",
+    )
+    p.add_argument("training_script", help="the script or program each rank runs")
+    p.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its arguments")
+    return p
+
+
+def _nnodes(value: str) -> int:
+    low, _, high = value.partition(":")
+    try:
+        n = int(low)
+        if high and int(high) != n:
+            raise UsageError(f"--nnodes {value}: elastic ranges are not supported; give one number")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --nnodes {value!r}: give a number") from None
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        outcome = launch(
+            args.training_script,
+            args.training_script_args,
+            nproc_per_node=args.nproc_per_node,
+            nnodes=args.nnodes,
+            node_rank=args.node_rank,
+            master_addr=args.master_addr,
+            master_port=args.master_port,
+            standalone=args.standalone,
+            module=args.module,
+            no_python=args.no_python,
+            max_restarts=args.max_restarts,
+            shutdown_timeout=args.shutdown_timeout,
+            run_id=args.run_id,
+            role=args.role,
+        )
+    except UsageError as e:
+        print(f"rankrun: error: {e}", file=sys.stderr)
+        return 2
+    return outcome.exit_code

@@ -1,0 +1,106 @@
+"""A small process that ends the ranks' process groups if the launcher dies.
+
+It is forked before the first rank, in a session of its own, and holds the read end of a
+pipe whose only writer is the launcher. The launcher names each rank's group on the pipe
+as it spawns it and again once the group is gone. When the launcher dies in any way,
+SIGKILL included, the pipe reaches EOF, and the guardian sends SIGTERM to each group
+still named, then SIGKILL to what is left after the grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+class Guardian:
+    def __init__(self, grace: float) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(write_fd)
+                _become_guardian(read_fd, grace)
+            finally:
+                os._exit(0)
+        os.close(read_fd)
+        self.pid = pid
+        self._fd = write_fd
+
+    def watch(self, pgid: int) -> None:
+        os.write(self._fd, b"+%d\n" % pgid)
+
+    def forget(self, pgid: int) -> None:
+        os.write(self._fd, b"-%d\n" % pgid)
+
+    def close(self) -> None:
+        """Stop guarding; groups still named are ended as if the launcher had died."""
+        os.close(self._fd)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # the gang's reaper took it already
+
+
+def _become_guardian(read_fd: int, grace: float) -> None:
+    os.setsid()
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.closerange(3, read_fd)
+    os.closerange(read_fd + 1, 1 << 16)
+    end_groups(_read_groups(read_fd), grace)
+
+
+def _read_groups(fd: int) -> set[int]:
+    groups: set[int] = set()
+    pending = b""
+    while chunk := os.read(fd, 4096):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    return groups
+
+
+def end_groups(groups: set[int], grace: float) -> None:
+    """SIGTERM each group, then SIGKILL those still alive after ``grace`` seconds."""
+    _signal_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        time.sleep(0.02)
+        groups = {g for g in groups if group_alive(g)}
+    _signal_groups(groups, signal.SIGKILL)
+
+
+def _signal_groups(groups: set[int], signum: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Unreaped zombies do not count."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return any(n.isdigit() and _stat_pgid_alive(n, pgid) for n in os.listdir("/proc"))
+
+
+def _stat_pgid_alive(pid: str, pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")

@@ -1,0 +1,110 @@
+"""launch() is the public API under the command; the command only parses and calls it."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import Runs
+
+import rankrun
+from rankrun import cli
+
+
+def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
+    script = runs.script("rank.sh", '[ "$RANK" = 2 ] && exit 4; sleep 300\n')
+    outcome = rankrun.launch(str(script), nproc_per_node=3, master_port=0, env=runs.env)
+    assert outcome.exit_code == 4
+    ranks = outcome.ranks
+    assert [r.rank for r in ranks] == [0, 1, 2]
+    cause = outcome.attempts[0].cause
+    assert cause is not None and cause.rank == 2 and cause.exit_code == 4
+    assert [r.terminated for r in ranks] == [True, True, False]
+    assert [r.signal for r in ranks] == [signal.SIGTERM, signal.SIGTERM, None]
+    assert all(r.pid > 0 and r.ended_at >= r.started_at for r in ranks)
+
+
+def test_launch_restores_the_callers_signal_handlers(runs: Runs) -> None:
+    script = runs.script("rank.sh", "exit 0\n")
+    before = signal.getsignal(signal.SIGTERM)
+    assert rankrun.launch(str(script), master_port=0, env=runs.env).ok
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_bad_input_raises_usage_error_before_spawning(runs: Runs) -> None:
+    with pytest.raises(rankrun.UsageError, match="outside"):
+        rankrun.launch("x.sh", nnodes=2, node_rank=5)
+
+
+def test_cli_passes_every_option_to_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_launch(*args: object, **kwargs: object) -> rankrun.Outcome:
+        calls.append((args, kwargs))
+        return rankrun.Outcome(attempts=(rankrun.Attempt(0, (), None),))
+
+    monkeypatch.setattr(cli, "launch", fake_launch)
+    code = cli.main(
+        [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--nproc_per_node",
+            "4",
+            "--master_addr",
+            "h",
+            "--master-port",
+            "1234",
+            "--max-restarts",
+            "2",
+            "--shutdown-timeout",
+            "3",
+            "--monitor-interval",
+            "5",
+            "--run-id",
+            "r",
+            "train.py",
+            "--lr",
+            "1",
+            "--nnodes",
+            "9",
+        ]
+    )
+    assert code == 0
+    assert calls == [
+        (
+            ("train.py", ["--lr", "1", "--nnodes", "9"]),
+            dict(
+                nproc_per_node=4,
+                nnodes=2,
+                node_rank=1,
+                master_addr="h",
+                master_port=1234,
+                standalone=False,
+                module=False,
+                no_python=False,
+                max_restarts=2,
+                shutdown_timeout=3.0,
+                run_id="r",
+                role="default",
+            ),
+        )
+    ]
+
+
+def test_help_says_monitor_interval_has_no_effect(runs: Runs) -> None:
+    result = runs.run("--help")
+    assert result.returncode == 0
+    assert "ignored" in result.stdout and "--monitor-interval" in result.stdout
+
+
+def test_demo_trains_and_every_rank_holds_the_same_weights(runs: Runs) -> None:
+    pytest.importorskip("torch")
+    demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"
+    result = runs.run(
+        "--standalone", "--nproc-per-node", "2", str(demo), "--steps", "5", timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("weights match rank 0") == 2

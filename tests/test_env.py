@@ -1,0 +1,100 @@
+"""The environment contract of every rank: the seed's, torchrun's, and nothing else changed."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import Runs
+
+DUMP_ENV = 'python3 -c "import json, os; print(json.dumps(dict(os.environ)))" > "env.$RANK"\n'
+
+
+def _envs(runs: Runs, count: int) -> dict[int, dict[str, str]]:
+    files = runs.wait_for_files("env.*", count, timeout=1)
+    return {int(f.suffix[1:]): json.loads(f.read_text()) for f in files}
+
+
+def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    runs.env["SOME_USER_VAR"] = "kept"
+    result = runs.run(
+        "--nnodes",
+        "2",
+        "--node_rank",
+        "1",
+        "--nproc_per_node",
+        "3",
+        "--master_addr",
+        "10.1.2.3",
+        "--master_port",
+        "29555",
+        "--max-restarts",
+        "0",
+        "--run-id",
+        "job7",
+        "./rank.sh",
+    )
+    assert result.returncode == 0, result.stderr
+    envs = _envs(runs, 3)
+    assert sorted(envs) == [3, 4, 5]
+    for local_rank in range(3):
+        env = envs[3 + local_rank]
+        assert {k: env[k] for k in EXPECTED} == {
+            **EXPECTED,
+            "RANK": str(3 + local_rank),
+            "LOCAL_RANK": str(local_rank),
+            "ROLE_RANK": str(3 + local_rank),
+        }
+        assert env["SOME_USER_VAR"] == "kept"
+        assert env["OMP_NUM_THREADS"] == "1"  # 2 cores / 3 ranks, at least 1
+    assert "OMP_NUM_THREADS=1 for each rank" in result.stderr
+
+
+EXPECTED = {
+    "MASTER_ADDR": "10.1.2.3",
+    "MASTER_PORT": "29555",
+    "WORLD_SIZE": "6",
+    "RANK": "",
+    "LOCAL_RANK": "",
+    "LOCAL_WORLD_SIZE": "3",
+    "GROUP_RANK": "1",
+    "GROUP_WORLD_SIZE": "2",
+    "ROLE_RANK": "",
+    "ROLE_NAME": "default",
+    "ROLE_WORLD_SIZE": "6",
+    "TORCHELASTIC_RESTART_COUNT": "0",
+    "TORCHELASTIC_MAX_RESTARTS": "0",
+    "TORCHELASTIC_RUN_ID": "job7",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def test_user_settings_win_where_the_contract_allows(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    runs.env.update(OMP_NUM_THREADS="5", PYTHONUNBUFFERED="", TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    env = _envs(runs, 2)[1]
+    assert (env["OMP_NUM_THREADS"], env["PYTHONUNBUFFERED"]) == ("5", "")
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "0"
+    assert "OMP_NUM_THREADS" not in result.stderr
+
+
+def test_single_rank_leaves_omp_alone(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    result = runs.run("--master_port", "0", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert "OMP_NUM_THREADS" not in _envs(runs, 1)[0]
+
+
+def test_port_0_and_standalone_pick_a_free_port(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    for flag in ("--master_port=0", "--standalone"):
+        result = runs.run(flag, "--nproc-per-node", "2", "./rank.sh")
+        assert result.returncode == 0, result.stderr
+        envs = _envs(runs, 2)
+        assert envs[0]["MASTER_PORT"] == envs[1]["MASTER_PORT"] != "29500"
+        assert 0 < int(envs[0]["MASTER_PORT"]) < 65536
+        for f in runs.workdir.glob("env.*"):
+            f.unlink()

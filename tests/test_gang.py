@@ -1,0 +1,224 @@
+"""The gang lives and dies together, and nothing it started outlives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import BLOCKING_RANK, Runs, wait_gone
+
+FAILING_RANK = """
+    #!/bin/bash
+    sleep 300 &
+    echo "$$ $!" > "pids.$RANK"
+    if [ "$RANK" = 1 ]; then
+        while [ "$(ls pids.* | wc -l)" -lt "$WORLD_SIZE" ]; do sleep 0.01; done
+        exit 3
+    fi
+    wait
+"""
+
+
+def test_first_failure_tears_down_the_gang_and_its_helpers(runs: Runs) -> None:
+    runs.script("rank.sh", FAILING_RANK)
+    started = time.monotonic()
+    # The default 30 s grace: the others must go on SIGTERM, long before any SIGKILL.
+    result = runs.run("--nproc_per_node", "4", "--master_port", "0", "./rank.sh")
+    assert time.monotonic() - started < 10
+    assert result.returncode == 3
+    assert "root cause: rank 1 (local rank 1" in result.stderr
+    assert "exited with code 3" in result.stderr.splitlines()[-2]
+
+
+def test_every_rank_exiting_0_is_success_even_at_different_times(runs: Runs) -> None:
+    runs.script("rank.sh", 'sleep "0.$RANK"; echo "done $RANK"\n')
+    result = runs.run("--nproc_per_node", "3", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split("\n")[:3]) == ["done 0", "done 1", "done 2"]
+    assert "root cause" not in result.stderr
+
+
+@pytest.mark.parametrize("code", [1, 7, 255])
+def test_exit_code_is_the_root_causes(runs: Runs, code: int) -> None:
+    runs.script("rank.sh", f'[ "$RANK" = 1 ] && exit {code}; sleep 300\n')
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == code
+
+
+def test_rank_killed_by_a_signal_gives_128_plus_n_and_names_it(runs: Runs) -> None:
+    runs.script("rank.sh", '[ "$RANK" = 0 ] && kill -KILL $$; sleep 300\n')
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 128 + signal.SIGKILL
+    assert "SIGKILL (often the kernel's OOM killer)" in result.stderr
+    assert "root cause: rank 0" in result.stderr
+
+
+def test_terminated_ranks_are_never_the_root_cause(runs: Runs) -> None:
+    # Rank 0 exits 5 when terminated; it must not displace rank 1's exit 3.
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        trap 'exit 5' TERM
+        touch "up.$RANK"
+        if [ "$RANK" = 1 ]; then
+            while [ ! -e up.0 ]; do sleep 0.01; done
+            exit 3
+        fi
+        sleep 300 & wait
+    """,
+    )
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 3
+    assert "root cause: rank 1" in result.stderr
+
+
+def test_rank_ignoring_sigterm_gets_sigkill_after_the_grace_period(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        trap '' TERM
+        touch "up.$RANK"
+        if [ "$RANK" = 1 ]; then
+            while [ ! -e up.0 ]; do sleep 0.01; done
+            exit 4
+        fi
+        while true; do sleep 0.05; done
+    """,
+    )
+    started = time.monotonic()
+    result = runs.run(
+        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "1", "./rank.sh"
+    )
+    assert 1 <= time.monotonic() - started < 10
+    assert result.returncode == 4
+    assert "sent SIGKILL" in result.stderr
+
+
+def test_helper_left_behind_by_a_successful_rank_is_ended(runs: Runs) -> None:
+    runs.script("rank.sh", 'sleep 300 &\necho "$!" > "helper.$RANK"\nexit 0\n')
+    result = runs.run(
+        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "5", "./rank.sh"
+    )
+    assert result.returncode == 0
+    assert "left processes behind" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, signum: int) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start("--nproc_per_node", "4", "--master_port", "0", "./rank.sh")
+    runs.wait_for_files("pids.*", 4)
+    started = time.monotonic()
+    launcher.send_signal(signum)
+    _, err = launcher.communicate(timeout=20)
+    assert time.monotonic() - started < 10, "the ranks end on the signal, not on SIGKILL"
+    assert launcher.returncode == 128 + signum
+    assert f"got {signal.Signals(signum).name}" in err
+
+
+def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)  # bash ignores SIGQUIT, always
+    launcher = runs.start(
+        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "1", "./rank.sh"
+    )
+    runs.wait_for_files("pids.*", 2)
+    launcher.send_signal(signal.SIGQUIT)
+    _, err = launcher.communicate(timeout=20)
+    assert launcher.returncode == 128 + signal.SIGQUIT
+    assert "sent SIGQUIT to 2 rank group(s)" in err
+    assert "sent SIGKILL" in err
+
+
+def test_second_ctrl_c_kills_at_once(runs: Runs) -> None:
+    runs.script("rank.sh", "trap '' INT TERM\ntouch up.$RANK\nwhile true; do sleep 0.05; done\n")
+    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    runs.wait_for_files("up.*", 2)
+    started = time.monotonic()
+    launcher.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert launcher.poll() is None, "ranks ignore SIGINT, so the first Ctrl-C waits for grace"
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=20)
+    assert time.monotonic() - started < 10
+    assert launcher.returncode == 128 + signal.SIGINT
+    assert "sent SIGKILL" in err
+
+
+def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start(
+        "--nproc_per_node", "4", "--master_port", "0", "--shutdown-timeout", "3", "./rank.sh"
+    )
+    pid_files = runs.wait_for_files("pids.*", 4)
+    started = [int(p) for f in pid_files for p in f.read_text().split()]
+    launcher.kill()
+    launcher.communicate(timeout=10)
+    assert wait_gone(runs.tag, timeout=3 + 5) == []
+    assert all(not _alive(pid) for pid in started)
+
+
+def test_sigusr1_is_forwarded_and_tears_nothing_down(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        trap 'echo got > "usr1.$RANK"; exit 0' USR1
+        touch "up.$RANK"
+        while true; do sleep 0.05; done
+    """,
+    )
+    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    runs.wait_for_files("up.*", 2)
+    launcher.send_signal(signal.SIGUSR1)
+    _, err = launcher.communicate(timeout=20)
+    assert launcher.returncode == 0, err
+    assert len(runs.wait_for_files("usr1.*", 2)) == 2
+
+
+def test_max_restarts_runs_again_with_the_restart_count(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        echo "$TORCHELASTIC_RESTART_COUNT/$TORCHELASTIC_MAX_RESTARTS" >> "attempts.$RANK"
+        if [ "$RANK" = 1 ] && [ "$TORCHELASTIC_RESTART_COUNT" = 0 ]; then exit 9; fi
+        sleep 0.2
+    """,
+    )
+    result = runs.run(
+        "--nproc_per_node", "2", "--master_port", "0", "--max-restarts", "2", "./rank.sh"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (runs.workdir / "attempts.0").read_text() == "0/2\n1/2\n"
+    assert "attempt 0: rank 1 exited with code 9" in result.stderr
+    assert "attempt 1: every rank exited 0" in result.stderr
+
+
+def test_max_restarts_exhausted_reports_every_attempt(runs: Runs) -> None:
+    runs.script("rank.sh", "exit 6\n")
+    result = runs.run(
+        "--nproc_per_node", "1", "--master_port", "0", "--max-restarts", "1", "./rank.sh"
+    )
+    assert result.returncode == 6
+    assert "restart 1 of 1" in result.stderr
+    assert "attempt 1: rank 0 exited with code 6" in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
+    runs.script("rank.sh", "exit 0\n")
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 0
+    assert wait_gone(runs.tag, 0) == []
+    assert os.path.exists(runs.workdir / "rank.sh")
