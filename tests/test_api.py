@@ -14,7 +14,8 @@ from rankrun import cli
 
 def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
     script = runs.script("rank.sh", '[ "$RANK" = 2 ] && exit 4; sleep 300\n')
-    outcome = rankrun.launch(str(script), nproc_per_node=3, master_port=0, env=runs.env)
+    options = rankrun.Options(nproc_per_node=3, master_port=0)
+    outcome = rankrun.launch(str(script), (), options, env=runs.env)
     assert outcome.exit_code == 4
     ranks = outcome.ranks
     assert [r.rank for r in ranks] == [0, 1, 2]
@@ -28,70 +29,39 @@ def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
 def test_launch_restores_the_callers_signal_handlers(runs: Runs) -> None:
     script = runs.script("rank.sh", "exit 0\n")
     before = signal.getsignal(signal.SIGTERM)
-    assert rankrun.launch(str(script), master_port=0, env=runs.env).ok
+    assert rankrun.launch(str(script), (), rankrun.Options(master_port=0), env=runs.env).ok
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_bad_input_raises_usage_error_before_spawning(runs: Runs) -> None:
     with pytest.raises(rankrun.UsageError, match="outside"):
-        rankrun.launch("x.sh", nnodes=2, node_rank=5)
+        rankrun.launch("x.sh", (), rankrun.Options(nnodes=2, node_rank=5))
 
 
 def test_cli_passes_every_option_to_launch(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake_launch(*args: object, **kwargs: object) -> rankrun.Outcome:
-        calls.append((args, kwargs))
+    def fake_launch(*args: object) -> rankrun.Outcome:
+        calls.append(args)
         return rankrun.Outcome(attempts=(rankrun.Attempt(0, (), None),))
 
     monkeypatch.setattr(cli, "launch", fake_launch)
     code = cli.main(
-        [
-            "--nnodes",
-            "2",
-            "--node-rank",
-            "1",
-            "--nproc_per_node",
-            "4",
-            "--master_addr",
-            "h",
-            "--master-port",
-            "1234",
-            "--max-restarts",
-            "2",
-            "--shutdown-timeout",
-            "3",
-            "--monitor-interval",
-            "5",
-            "--run-id",
-            "r",
-            "train.py",
-            "--lr",
-            "1",
-            "--nnodes",
-            "9",
-        ]
-    )
+        ["--nnodes", "2", "--node-rank", "1", "--nproc_per_node", "4", "--master_addr", "h",
+         "--master-port", "1234", "--max-restarts", "2", "--shutdown-timeout", "3",
+         "--monitor-interval", "5", "--run-id", "r", "--standalone", "-m", "--no-python",
+         "--role", "trainer", "--no-prefix", "--local-ranks-filter", "0,3", "--timestamps",
+         "--log-dir", "L", "-r", "1", "-t", "0:2", "--summary-json", "s.json",
+         "train.py", "--lr", "1", "--nnodes", "9"]
+    )  # fmt: skip
     assert code == 0
-    assert calls == [
-        (
-            ("train.py", ["--lr", "1", "--nnodes", "9"]),
-            dict(
-                nproc_per_node=4,
-                nnodes=2,
-                node_rank=1,
-                master_addr="h",
-                master_port=1234,
-                standalone=False,
-                module=False,
-                no_python=False,
-                max_restarts=2,
-                shutdown_timeout=3.0,
-                run_id="r",
-                role="default",
-            ),
-        )
-    ]
+    expected = rankrun.Options(
+        nproc_per_node=4, nnodes=2, node_rank=1, master_addr="h", master_port=1234,
+        standalone=True, module=True, no_python=True, max_restarts=2, shutdown_timeout=3.0,
+        run_id="r", role="trainer", prefix=False, local_ranks_filter="0,3", timestamps=True,
+        log_dir="L", redirects="1", tee="0:2", summary_json="s.json",
+    )  # fmt: skip
+    assert calls == [("train.py", ["--lr", "1", "--nnodes", "9"], expected)]
 
 
 def test_help_says_monitor_interval_has_no_effect(runs: Runs) -> None:

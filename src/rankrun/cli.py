@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import NoReturn
 
-from rankrun import launch
+from rankrun import Options, launch
 from rankrun.errors import UsageError
 
 
@@ -67,6 +68,47 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for torch.distributed.launch compatibility: the env is always set",
     )
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--no_prefix",
+        "--no-prefix",
+        dest="prefix",
+        action="store_false",
+        help="pass the ranks' output through untouched, without [rankN]: labels",
+    )
+    out.add_argument(
+        "--local_ranks_filter",
+        "--local-ranks-filter",
+        metavar="RANKS",
+        help="show only these local ranks on the console, such as 0,3",
+    )
+    out.add_argument("--timestamps", action="store_true", help="add wall-clock time to lines")
+    out.add_argument(
+        "--log_dir",
+        "--log-dir",
+        metavar="DIR",
+        help="also write each rank's stdout and stderr to DIR/<run-id>/attempt_<k>/rank_<r>/",
+    )
+    out.add_argument(
+        "-r",
+        "--redirects",
+        default="0",
+        metavar="SPEC",
+        help="send streams to the log files only: 1 stdout, 2 stderr, 3 both, or 0:1,1:2",
+    )
+    out.add_argument(
+        "-t",
+        "--tee",
+        default="0",
+        metavar="SPEC",
+        help="send streams to the log files and the console, with -r's syntax",
+    )
+    out.add_argument(
+        "--summary_json",
+        "--summary-json",
+        metavar="PATH",
+        help="write each rank's outcome and the root cause as JSON",
+    )
     p.add_argument("training_script", help="the script or program each rank runs")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its arguments")
     return p
@@ -86,22 +128,8 @@ def _nnodes(value: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        outcome = launch(
-            args.training_script,
-            args.training_script_args,
-            nproc_per_node=args.nproc_per_node,
-            nnodes=args.nnodes,
-            node_rank=args.node_rank,
-            master_addr=args.master_addr,
-            master_port=args.master_port,
-            standalone=args.standalone,
-            module=args.module,
-            no_python=args.no_python,
-            max_restarts=args.max_restarts,
-            shutdown_timeout=args.shutdown_timeout,
-            run_id=args.run_id,
-            role=args.role,
-        )
+        options = Options(**{f.name: getattr(args, f.name) for f in fields(Options)})
+        outcome = launch(args.training_script, args.training_script_args, options)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2

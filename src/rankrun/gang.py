@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from rankrun.guardian import Guardian
 from rankrun.outcome import Attempt, Outcome, RankResult
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
+from rankrun.rank_io import RankIO
+from rankrun.relay import Relay
 from rankrun.subreaper import set_subreaper
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
 
@@ -54,6 +57,7 @@ class _Rank:
     pid: int
     started_at: float
     proc: subprocess.Popen[bytes] | None
+    io: RankIO
     exit: Exited | None = None
     terminated: bool = False
     group_alive: bool = True
@@ -78,10 +82,17 @@ class _AttemptRun:
         self.killed = False
 
     def run(self) -> Attempt:
-        self._spawn_all()
-        while not self._finished():
-            self._handle(self.watch.wait(self._timeout()))
-        return self._result()
+        try:
+            self._spawn_all()
+            while not self._finished():
+                self._handle(self.watch.wait(self._timeout()))
+            for rank in self.ranks:
+                self._drain(rank)
+            return self._result()
+        finally:
+            for rank in self.ranks:
+                for relay in rank.io.relays:
+                    self._close_relay(relay)
 
     def _spawn_all(self) -> None:
         for spec in self.plan.ranks(self.index):
@@ -93,16 +104,46 @@ class _AttemptRun:
 
     def _spawn(self, spec: RankSpec) -> _Rank:
         now = time.time()
+        io = RankIO(spec, self.printer)
         try:
-            proc = subprocess.Popen(spec.argv, env=spec.env, start_new_session=True)
+            proc = subprocess.Popen(
+                spec.argv,
+                env=spec.env,
+                stdout=io.stdout,
+                stderr=io.stderr,
+                start_new_session=True,
+            )
         except OSError as e:
+            io.close()
             code = 127 if e.errno == errno.ENOENT else 126
-            rank = _Rank(spec, 0, now, None, group_alive=False)
+            rank = _Rank(spec, 0, now, None, io, group_alive=False)
             rank.error = f"could not start {spec.argv[0]}: {e.strerror}"
             rank.exit = Exited(0, code, None, now)
             return rank
+        io.spawned()
         self.guardian.watch(proc.pid)
-        return _Rank(spec, proc.pid, now, proc)
+        for relay in io.relays:
+            self.watch.add_reader(relay.fd, functools.partial(self._on_output, relay))
+        return _Rank(spec, proc.pid, now, proc, io)
+
+    def _on_output(self, relay: Relay) -> None:
+        if not relay.read():
+            self._close_relay(relay)
+
+    def _drain(self, rank: _Rank) -> None:
+        """Relay what an ended rank left in its pipes, and its unterminated last line."""
+        for relay in rank.io.relays:
+            if relay.fd < 0:
+                continue
+            if relay.drain():
+                relay.flush()
+            else:
+                self._close_relay(relay)
+
+    def _close_relay(self, relay: Relay) -> None:
+        if relay.fd >= 0:
+            self.watch.remove_reader(relay.fd)
+        relay.close()
 
     def _handle(self, events: list[Event]) -> None:
         by_pid = {r.pid: r for r in self.ranks if r.exit is None}
@@ -110,6 +151,8 @@ class _AttemptRun:
         for e in events:
             if isinstance(e, Exited) and e.pid in by_pid:
                 by_pid[e.pid].exit = e
+        for rank in exited:
+            self._drain(rank)
         first_failure = next((r for r in exited if r.failed), None)
         if first_failure is not None and self.deadline is None:
             self._fail(first_failure)
@@ -225,6 +268,8 @@ def _result(rank: _Rank) -> RankResult:
         signal=e.signal,
         terminated=rank.terminated,
         error=rank.error,
+        stderr_tail=rank.io.stderr_tail(),
+        error_file=rank.spec.error_file,
     )
 
 

@@ -19,6 +19,10 @@ class RankResult:
     """The launcher signalled the rank's group before the rank ended."""
     error: str | None = None
     """The launcher's own word on the rank, such as why it could not start."""
+    stderr_tail: str = ""
+    """The end of the rank's stderr, where rankrun saw it (not when passed straight through)."""
+    error_file: str | None = None
+    """The rank's TORCHELASTIC_ERROR_FILE, which torch's ``@record`` writes on an exception."""
 
     @property
     def failed(self) -> bool:

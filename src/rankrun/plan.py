@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from rankrun.command import resolve_command
 from rankrun.errors import UsageError
 from rankrun.ports import free_port, port_in_use
+from rankrun.streams import (
+    OutputOptions,
+    Route,
+    check_writable_dir,
+    parse_ranks_filter,
+    parse_stream_spec,
+    rank_routes,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,9 @@ class RankSpec:
     local_rank: int
     argv: tuple[str, ...]
     env: Mapping[str, str]
+    stdout: Route
+    stderr: Route
+    error_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,24 +49,35 @@ class Plan:
     shutdown_timeout: float = 30.0
     omp_num_threads: int | None = None
     base_env: Mapping[str, str] = field(default_factory=dict)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    @property
+    def log_root(self) -> str | None:
+        """Where this run's logs go: ``<log dir>/<run id>``, or None without a log dir."""
+        log_dir = self.output.log_dir
+        return os.path.join(log_dir, self.run_id) if log_dir else None
 
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
     def ranks(self, attempt: int) -> tuple[RankSpec, ...]:
-        return tuple(
-            RankSpec(
-                rank=self.nproc_per_node * self.node_rank + local_rank,
-                local_rank=local_rank,
-                argv=self.argv,
-                env=self.rank_env(local_rank, attempt),
-            )
-            for local_rank in range(self.nproc_per_node)
-        )
+        return tuple(self._rank(local_rank, attempt) for local_rank in range(self.nproc_per_node))
+
+    def _rank(self, local_rank: int, attempt: int) -> RankSpec:
+        rank = self.nproc_per_node * self.node_rank + local_rank
+        rank_dir = None
+        if self.log_root is not None:
+            rank_dir = os.path.join(self.log_root, f"attempt_{attempt}", f"rank_{rank}")
+        stdout, stderr = rank_routes(self.output, local_rank, self.world_size, rank_dir)
+        error_file = os.path.join(rank_dir, "error.json") if rank_dir else None
+        env = self.rank_env(local_rank, attempt)
+        if error_file is not None:
+            env["TORCHELASTIC_ERROR_FILE"] = error_file
+        return RankSpec(rank, local_rank, self.argv, env, stdout, stderr, error_file)
 
     def rank_env(self, local_rank: int, attempt: int) -> dict[str, str]:
-        """The whole environment of one rank: the caller's, plus the launch contract."""
+        """The environment of one rank: the caller's, plus the launch contract."""
         rank = self.nproc_per_node * self.node_rank + local_rank
         env = dict(self.base_env)
         env.update(
@@ -95,55 +117,83 @@ def omp_threads_for(env: Mapping[str, str], nproc_per_node: int) -> int | None:
     return max(1, usable_cores() // nproc_per_node)
 
 
+@dataclass(frozen=True)
+class Options:
+    """Every setting of a run, as the command line gives them; the defaults are torchrun's."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    standalone: bool = False
+    module: bool = False
+    no_python: bool = False
+    max_restarts: int = 0
+    shutdown_timeout: float = 30.0
+    run_id: str | None = None
+    role: str = "default"
+    prefix: bool = True
+    local_ranks_filter: str | None = None
+    timestamps: bool = False
+    log_dir: str | None = None
+    redirects: str = "0"
+    tee: str = "0"
+    summary_json: str | None = None
+
+
 def build_plan(
-    script: str,
-    args: Sequence[str] = (),
-    *,
-    nproc_per_node: int = 1,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
-    standalone: bool = False,
-    module: bool = False,
-    no_python: bool = False,
-    max_restarts: int = 0,
-    shutdown_timeout: float = 30.0,
-    run_id: str | None = None,
-    role: str = "default",
-    env: Mapping[str, str] | None = None,
+    script: str, args: Sequence[str], o: Options, env: Mapping[str, str] | None = None
 ) -> Plan:
     """Validate the options and build the plan, or raise UsageError. Spawns nothing."""
-    _check(nnodes >= 1, f"--nnodes must be at least 1, not {nnodes}")
-    _check(nproc_per_node >= 1, f"--nproc_per_node must be at least 1, not {nproc_per_node}")
+    _check(o.nnodes >= 1, f"--nnodes must be at least 1, not {o.nnodes}")
+    _check(o.nproc_per_node >= 1, f"--nproc_per_node must be at least 1, not {o.nproc_per_node}")
     _check(
-        0 <= node_rank < nnodes,
-        f"--node_rank {node_rank} is outside [0, {nnodes}) for --nnodes {nnodes}: "
-        f"number the nodes 0 to {nnodes - 1}",
+        0 <= o.node_rank < o.nnodes,
+        f"--node_rank {o.node_rank} is outside [0, {o.nnodes}) for --nnodes {o.nnodes}: "
+        f"number the nodes 0 to {o.nnodes - 1}",
     )
-    _check(0 <= master_port <= 65535, f"--master_port {master_port} is outside 0..65535")
-    _check(max_restarts >= 0, f"--max-restarts must be 0 or more, not {max_restarts}")
-    _check(shutdown_timeout >= 0, f"--shutdown-timeout must be 0 or more, not {shutdown_timeout}")
-    if standalone:
-        _check(nnodes == 1, "--standalone runs one node: drop --nnodes or --standalone")
-        master_port = 0
-    argv = resolve_command(script, args, module=module, no_python=no_python)
-    master_port = _choose_port(master_port, nnodes)
+    _check(0 <= o.master_port <= 65535, f"--master_port {o.master_port} is outside 0..65535")
+    _check(o.max_restarts >= 0, f"--max-restarts must be 0 or more, not {o.max_restarts}")
+    _check(
+        o.shutdown_timeout >= 0, f"--shutdown-timeout must be 0 or more, not {o.shutdown_timeout}"
+    )
+    _check(not (o.standalone and o.nnodes != 1), "--standalone runs one node: drop one of them")
+    output = _output_options(o)
+    if o.summary_json is not None:
+        check_writable_dir(os.path.dirname(o.summary_json) or ".", "--summary-json")
+    argv = resolve_command(script, args, module=o.module, no_python=o.no_python)
+    master_port = _choose_port(0 if o.standalone else o.master_port, o.nnodes)
     base_env = dict(os.environ if env is None else env)
     return Plan(
         argv=argv,
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
+        nproc_per_node=o.nproc_per_node,
+        nnodes=o.nnodes,
+        node_rank=o.node_rank,
+        master_addr=o.master_addr,
         master_port=master_port,
-        run_id=run_id or _new_run_id(),
-        role=role,
-        max_restarts=max_restarts,
-        shutdown_timeout=shutdown_timeout,
-        omp_num_threads=omp_threads_for(base_env, nproc_per_node),
+        run_id=o.run_id or _new_run_id(),
+        role=o.role,
+        max_restarts=o.max_restarts,
+        shutdown_timeout=o.shutdown_timeout,
+        omp_num_threads=omp_threads_for(base_env, o.nproc_per_node),
         base_env=base_env,
+        output=output,
     )
+
+
+def _output_options(o: Options) -> OutputOptions:
+    redirects = parse_stream_spec(o.redirects, "--redirects")
+    tee = parse_stream_spec(o.tee, "--tee")
+    log_dir = o.log_dir
+    if log_dir is None and (redirects or tee):
+        log_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "rankrun-logs")
+    if log_dir is not None:
+        check_writable_dir(log_dir, "--log-dir")
+    ranks_filter = None
+    if o.local_ranks_filter is not None:
+        ranks_filter = parse_ranks_filter(o.local_ranks_filter)
+    return OutputOptions(o.prefix, ranks_filter, o.timestamps, log_dir, redirects, tee)
 
 
 def _choose_port(port: int, nnodes: int) -> int:

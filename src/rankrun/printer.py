@@ -1,20 +1,76 @@
-"""The one writer to the console: the launcher's own messages, under a label of their own."""
+"""The one writer to the console: ranks' labelled lines and the launcher's own messages.
+
+Colour is decided once per stream: only on a TTY, and never when NO_COLOR is set.
+"""
 
 from __future__ import annotations
 
 import os
+import select
+import time
+from collections.abc import Mapping
+
+_COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
+_RESET = b"\x1b[0m"
 
 
 class Printer:
-    def __init__(self, err_fd: int = 2, label: str = "rankrun") -> None:
-        self._err_fd = err_fd
-        self._label = label
+    def __init__(
+        self,
+        *,
+        out_fd: int = 1,
+        err_fd: int = 2,
+        timestamps: bool = False,
+        env: Mapping[str, str] | None = None,
+        events_path: str | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        self.fds = (out_fd, err_fd)
+        self.timestamps = timestamps
+        self._colour = tuple("NO_COLOR" not in env and os.isatty(fd) for fd in self.fds)
+        self._events_path = events_path
+        self._events_fd: int | None = None
+
+    def label(self, rank: int, stream: int) -> bytes:
+        """The prefix of rank ``rank``'s lines on ``stream`` (0 stdout, 1 stderr)."""
+        text = b"[rank%d]:" % rank
+        if self._colour[stream]:
+            colour = b"\x1b[%dm" % _COLOURS[rank % len(_COLOURS)]
+            text = colour + text + _RESET
+        return text + b" "
+
+    def stamp(self) -> bytes:
+        if not self.timestamps:
+            return b""
+        now = time.time()
+        return time.strftime("%H:%M:%S", time.localtime(now)).encode() + b".%03d " % (
+            int(now * 1000) % 1000
+        )
+
+    def write(self, stream: int, data: bytes) -> None:
+        write_all(self.fds[stream], data)
 
     def event(self, message: str) -> None:
-        _write_all(self._err_fd, f"{self._label}: {message}\n".encode())
+        self.write(1, self.stamp() + f"rankrun: {message}\n".encode())
+        if self._events_path is not None:
+            if self._events_fd is None:
+                os.makedirs(os.path.dirname(self._events_path), exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                self._events_fd = os.open(self._events_path, flags, 0o644)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            write_all(self._events_fd, f"{stamp} {message}\n".encode())
+
+    def close(self) -> None:
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte, waiting on a full non-blocking fd rather than failing."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])

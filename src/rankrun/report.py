@@ -1,7 +1,8 @@
-"""What the user reads last: the root cause of a failed run, in a few lines."""
+"""What the user reads last: the root cause of a failed run, with its error."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 from rankrun.outcome import Attempt, Outcome, RankResult
@@ -18,6 +19,9 @@ SIGNAL_MEANINGS = {
     signal.SIGHUP: "its terminal went away",
     signal.SIGPIPE: "it wrote to a closed pipe",
 }
+_TAIL_LINES = 20
+_MAX_TRACEBACK_LINES = 40
+_TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
 
 
 def signal_text(signum: int) -> str:
@@ -34,6 +38,23 @@ def how_it_ended(result: RankResult) -> str:
     return f"exited with code {result.exit_code}"
 
 
+def format_report(outcome: Outcome, host: str) -> list[str]:
+    """The lines that close a run; none when every rank exited 0 on the first attempt."""
+    last = outcome.attempts[-1]
+    lines: list[str] = []
+    if len(outcome.attempts) > 1:
+        lines.extend(attempt_line(a) for a in outcome.attempts)
+    if last.cause is not None:
+        lines.append(root_cause_line(last.cause, host))
+        lines.extend(f"  {line}" for line in error_lines(last.cause))
+        lines.append(others_line(last))
+    elif last.interrupted_by is not None:
+        lines.append(f"stopped: rankrun got {signal.Signals(last.interrupted_by).name}")
+    if lines:
+        lines.append(f"exit code {outcome.exit_code}")
+    return lines
+
+
 def root_cause_line(result: RankResult, host: str) -> str:
     return (
         f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}, "
@@ -43,8 +64,7 @@ def root_cause_line(result: RankResult, host: str) -> str:
 
 def attempt_line(attempt: Attempt) -> str:
     if attempt.cause is not None:
-        cause = attempt.cause
-        what = f"rank {cause.rank} {how_it_ended(cause)}"
+        what = f"rank {attempt.cause.rank} {how_it_ended(attempt.cause)}"
     elif attempt.interrupted_by is not None:
         what = f"rankrun got {signal.Signals(attempt.interrupted_by).name}"
     else:
@@ -52,16 +72,53 @@ def attempt_line(attempt: Attempt) -> str:
     return f"attempt {attempt.index}: {what}"
 
 
-def format_report(outcome: Outcome, host: str) -> list[str]:
-    """The lines that close a run; none when every rank exited 0 on the first attempt."""
-    last = outcome.attempts[-1]
-    lines: list[str] = []
-    if len(outcome.attempts) > 1:
-        lines.extend(attempt_line(a) for a in outcome.attempts)
-    if last.cause is not None:
-        lines.append(root_cause_line(last.cause, host))
-    elif last.interrupted_by is not None:
-        lines.append(f"stopped: {attempt_line(last).split(': ', 1)[1]}")
-    if lines:
-        lines.append(f"exit code {outcome.exit_code}")
-    return lines
+def others_line(attempt: Attempt) -> str:
+    others = [r for r in attempt.ranks if r is not attempt.cause]
+    groups = (
+        ("failed afterwards", [r for r in others if r.failed]),
+        ("terminated", [r for r in others if r.terminated]),
+        ("finished", [r for r in others if not r.failed and not r.terminated]),
+    )
+    parts = [f"{what}: {_ranks(rs)}" for what, rs in groups if rs]
+    return "others: " + ("; ".join(parts) if parts else "none")
+
+
+def _ranks(results: list[RankResult]) -> str:
+    return ", ".join(f"rank {r.rank}" if r.failed else str(r.rank) for r in results)
+
+
+def error_lines(result: RankResult) -> list[str]:
+    """The rank's error: its traceback, else its error.json message, else its stderr's end."""
+    lines = [_TORCH_LABEL.sub("", line) for line in result.stderr_tail.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if starts:
+        return _shorten(lines[starts[-1] :])
+    from_file = _error_file_lines(result.error_file)
+    return from_file or lines[-_TAIL_LINES:]
+
+
+def _shorten(lines: list[str]) -> list[str]:
+    if len(lines) <= _MAX_TRACEBACK_LINES:
+        return lines
+    keep = _MAX_TRACEBACK_LINES - 3
+    return [*lines[:2], f"... {len(lines) - keep - 2} lines ...", *lines[-keep:]]
+
+
+def _error_file_lines(path: str | None) -> list[str]:
+    """torch's ``@record`` writes {"message": {"message": ..., "extraInfo": {...}}}."""
+    if path is None:
+        return []
+    import json
+
+    try:
+        with open(path) as f:
+            message = json.load(f).get("message")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if isinstance(message, str):
+        return message.splitlines()
+    if not isinstance(message, dict):
+        return []
+    stack = (message.get("extraInfo") or {}).get("py_callstack")
+    text = stack if isinstance(stack, str) and stack else str(message.get("message", ""))
+    return _shorten(text.splitlines())

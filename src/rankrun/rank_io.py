@@ -1,0 +1,76 @@
+"""The stdio of one rank: inherited, written straight to a file, or piped to a relay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from rankrun.plan import RankSpec
+from rankrun.printer import Printer
+from rankrun.relay import TAIL_BYTES, Relay, Tail
+from rankrun.streams import Route
+
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+class RankIO:
+    def __init__(self, spec: RankSpec, printer: Printer) -> None:
+        self.relays: list[Relay] = []
+        self._tail: Tail | None = None
+        self._child_ends: list[int] = []
+        self._stderr_file = spec.stderr.file
+        if spec.error_file is not None:
+            os.makedirs(os.path.dirname(spec.error_file), exist_ok=True)
+        self.stdout = self._open(0, spec.stdout, spec.rank, printer)
+        self.stderr = self._open(1, spec.stderr, spec.rank, printer)
+
+    def _open(self, stream: int, route: Route, rank: int, printer: Printer) -> int | None:
+        if route.inherited:
+            return None
+        file_fd = os.open(route.file, _FILE_FLAGS, 0o644) if route.file else None
+        if file_fd is not None and not route.console:
+            self._child_ends.append(file_fd)  # no relay: the rank writes its log itself
+            return file_fd
+        if file_fd is None and not route.console and stream == 0:
+            return subprocess.DEVNULL
+        read_fd, write_fd = os.pipe()
+        self._child_ends.append(write_fd)
+        tail = Tail() if stream == 1 else None
+        self._tail = tail or self._tail
+        self.relays.append(
+            Relay(
+                read_fd,
+                printer,
+                stream,
+                rank=rank,
+                console=route.console,
+                labelled=route.labelled,
+                file_fd=file_fd,
+                tail=tail,
+            )
+        )
+        return write_fd
+
+    def spawned(self) -> None:
+        """Close the child's ends here, so that a relay sees EOF when the rank's side closes."""
+        for fd in self._child_ends:
+            os.close(fd)
+        self._child_ends = []
+
+    def close(self) -> None:
+        self.spawned()
+        for relay in self.relays:
+            relay.close()
+
+    def stderr_tail(self) -> str:
+        """The end of the rank's stderr, from the relay or from its log file."""
+        if self._tail is not None:
+            return self._tail.text()
+        if self._stderr_file is None:
+            return ""
+        try:
+            with open(self._stderr_file, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""

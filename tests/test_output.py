@@ -1,0 +1,379 @@
+"""Every line whole and labelled, logs byte-exact, and memory bounded whatever ranks write."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from conftest import Runs
+
+# Writes lines in odd-sized pieces, so that lines cross the ranks' write() boundaries.
+CHATTY_RANK = """
+    import os, random, sys
+    rank = os.environ["RANK"]
+    rng = random.Random(int(rank))
+    data = "".join(f"{rank} {i} {'x' * rng.randrange(200)}\\n" for i in range(20000))
+    pos = 0
+    while pos < len(data):
+        step = rng.randrange(1, 5000)
+        sys.stdout.write(data[pos:pos + step]); sys.stdout.flush()
+        pos += step
+"""
+
+
+def test_lines_stay_whole_and_correctly_labelled_under_load(runs: Runs) -> None:
+    runs.script("chatty.py", CHATTY_RANK, executable=False)
+    result = runs.run("--nproc_per_node", "4", "--master_port", "0", "chatty.py")
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, list[int]] = {str(r): [] for r in range(4)}
+    for line in result.stdout.splitlines():
+        m = re.fullmatch(r"\[rank(\d)\]: (\d) (\d+) x*", line)
+        assert m and m[1] == m[2], f"torn or mislabelled line: {line[:80]!r}"
+        seen[m[1]].append(int(m[3]))
+    assert all(indices == list(range(20000)) for indices in seen.values())
+
+
+def test_half_written_line_is_held_until_finished(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        if [ "$RANK" = 0 ]; then
+            printf 'hello '; sleep 0.4; printf 'world\\n'
+        else
+            for i in 1 2 3 4 5 6 7 8; do echo "tick $i"; sleep 0.05; done
+        fi
+    """,
+    )
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "[rank0]: hello world" in lines
+    assert len(lines) == 9
+
+
+def test_unterminated_last_line_is_printed_when_the_rank_exits(runs: Runs) -> None:
+    runs.script("rank.sh", "printf 'no newline from %s' $RANK\n")
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert sorted(result.stdout.splitlines()) == [
+        "[rank0]: no newline from 0", "[rank1]: no newline from 1",
+    ]  # fmt: skip
+
+
+def test_stdout_and_stderr_stay_apart(runs: Runs) -> None:
+    runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert sorted(result.stdout.splitlines()) == ["[rank0]: out 0", "[rank1]: out 1"]
+    assert "[rank1]: err 1" in result.stderr.splitlines()
+    assert "out" not in result.stderr
+
+
+def test_torch_style_label_is_not_doubled(runs: Runs) -> None:
+    runs.script("rank.sh", 'echo "[rank$RANK]: already labelled"; echo "[rank9]: other"\n')
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    lines = result.stdout.splitlines()
+    assert "[rank1]: already labelled" in lines
+    assert "[rank1]: [rank9]: other" in lines
+
+
+def test_single_rank_and_no_prefix_pass_output_through(runs: Runs) -> None:
+    runs.script("rank.sh", "echo plain $RANK\n")
+    result = runs.run("--master_port", "0", "./rank.sh")
+    assert result.stdout == "plain 0\n"
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "--no-prefix", "./rank.sh")
+    assert sorted(result.stdout.splitlines()) == ["plain 0", "plain 1"]
+
+
+def test_timestamps(runs: Runs) -> None:
+    runs.script("rank.sh", "echo hi\n")
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "--timestamps", "./rank.sh")
+    for line in result.stdout.splitlines():
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \[rank\d\]: hi", line), line
+
+
+def test_filter_hides_ranks_from_the_console_but_not_from_their_logs(runs: Runs) -> None:
+    runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
+    result = runs.run(
+        "--nproc_per_node",
+        "3",
+        "--master_port",
+        "0",
+        "--local-ranks-filter",
+        "0,2",
+        "--log-dir",
+        "logs",
+        "--run-id",
+        "r",
+        "./rank.sh",
+    )
+    assert sorted(result.stdout.splitlines()) == ["[rank0]: out 0", "[rank2]: out 2"]
+    assert "err 1" not in result.stderr
+    rank_dir = runs.workdir / "logs/r/attempt_0/rank_1"
+    assert (rank_dir / "stdout.log").read_text() == "out 1\n"
+    assert (rank_dir / "stderr.log").read_text() == "err 1\n"
+
+
+BINARY_RANK = """
+    import os, sys
+    r = int(os.environ["RANK"])
+    sys.stdout.buffer.write(bytes(range(256)) * (r + 1) + b"\\r\\n\\x00tail no newline")
+    sys.stderr.buffer.write(b"err \\xff\\xfe " * (r + 2))
+"""
+
+
+def test_log_dir_layout_is_documented_and_byte_exact(runs: Runs) -> None:
+    runs.script("bin.py", BINARY_RANK, executable=False)
+    result = runs.run(
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "--log-dir",
+        "logs",
+        "--run-id",
+        "job1",
+        "bin.py",
+        errors="replace",
+    )
+    assert result.returncode == 0, result.stderr
+    root = runs.workdir / "logs/job1"
+    for r in range(2):
+        rank_dir = root / "attempt_0" / f"rank_{r}"
+        expected = bytes(range(256)) * (r + 1) + b"\r\n\x00tail no newline"
+        assert (rank_dir / "stdout.log").read_bytes() == expected
+        assert (rank_dir / "stderr.log").read_bytes() == b"err \xff\xfe " * (r + 2)
+    assert "logs in logs/job1" in (root / "events.log").read_text()
+    assert "[rank1]: " in result.stdout  # teed to the console too, labelled
+
+
+def test_log_dir_keeps_each_attempt(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        'echo "attempt $TORCHELASTIC_RESTART_COUNT"\n'
+        '[ "$TORCHELASTIC_RESTART_COUNT" = 0 ] && exit 1; exit 0\n',
+    )
+    result = runs.run(
+        "--master_port",
+        "0",
+        "--max-restarts",
+        "1",
+        "--log-dir",
+        "logs",
+        "--run-id",
+        "j",
+        "./rank.sh",
+    )
+    assert result.returncode == 0, result.stderr
+    for k in range(2):
+        assert (runs.workdir / f"logs/j/attempt_{k}/rank_0/stdout.log").read_text() == (
+            f"attempt {k}\n"
+        )
+    events = (runs.workdir / "logs/j/events.log").read_text()
+    assert "restart 1 of 1" in events
+
+
+def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
+    runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
+    result = runs.run(
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-r",
+        "3",
+        "--log-dir",
+        "a",
+        "--run-id",
+        "r",
+        "./rank.sh",
+    )
+    assert result.stdout == "" and "err" not in result.stderr
+    assert (runs.workdir / "a/r/attempt_0/rank_1/stderr.log").read_text() == "err 1\n"
+
+    result = runs.run(
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-t",
+        "1",
+        "--log-dir",
+        "b",
+        "--run-id",
+        "r",
+        "./rank.sh",
+    )
+    assert sorted(result.stdout.splitlines()) == ["[rank0]: out 0", "[rank1]: out 1"]
+    assert "[rank0]: err 0" in result.stderr
+    assert (runs.workdir / "b/r/attempt_0/rank_0/stdout.log").read_text() == "out 0\n"
+    assert not (runs.workdir / "b/r/attempt_0/rank_0/stderr.log").exists()
+
+    result = runs.run(
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-r",
+        "0:1",
+        "--log-dir",
+        "c",
+        "--run-id",
+        "r",
+        "./rank.sh",
+    )
+    assert result.stdout.splitlines() == ["[rank1]: out 1"]
+    assert (runs.workdir / "c/r/attempt_0/rank_0/stdout.log").read_text() == "out 0\n"
+
+
+def test_redirects_without_log_dir_use_a_temporary_one(runs: Runs) -> None:
+    runs.script("rank.sh", "echo out\n")
+    runs.env["TMPDIR"] = str(runs.workdir / "tmp")
+    result = runs.run("--master_port", "0", "-r", "1", "--run-id", "t", "./rank.sh")
+    assert result.returncode == 0 and result.stdout == ""
+    assert f"logs in {runs.workdir}/tmp/rankrun-logs/t" in result.stderr
+    assert (runs.workdir / "tmp/rankrun-logs/t/attempt_0/rank_0/stdout.log").read_text() == "out\n"
+
+
+def test_a_one_gigabyte_line_streams_out_in_bounded_memory(runs: Runs) -> None:
+    runs.script(
+        "big.py",
+        """
+        import os
+        block = b"x" * (1 << 20)
+        for _ in range(1024):
+            os.write(1, block)
+    """,
+        executable=False,
+    )
+    counter = subprocess.Popen(["wc", "-l", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    launcher = subprocess.Popen(
+        runs.argv(
+            "--nproc_per_node", "2", "--master_port", "0", "--local-ranks-filter", "0", "big.py"
+        ),
+        env=runs.env,
+        cwd=runs.workdir,
+        stdout=counter.stdin,
+    )
+    assert counter.stdin is not None and counter.stdout is not None
+    counter.stdin.close()
+    # The launcher's own high-water mark: ru_maxrss would count pytest's, inherited at fork.
+    peak_kib = 0
+    while launcher.poll() is None:
+        peak_kib = max(peak_kib, _vm_hwm_kib(launcher.pid))
+        time.sleep(0.02)
+    lines, size = map(int, counter.stdout.read().split())
+    counter.wait(timeout=20)
+    assert launcher.returncode == 0
+    assert lines == (1 << 30) // (1 << 16)  # 64 KiB pieces, each a labelled line
+    assert size == (1 << 30) + lines * len("[rank0]: \n")
+    assert 0 < peak_kib < 100 * 1024  # the line alone would be 1 GiB
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def test_colour_only_on_a_tty_and_never_with_no_color(runs: Runs) -> None:
+    runs.script("rank.sh", "echo hi\n")
+    args = ("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert "\x1b[" not in runs.run(*args).stdout
+    assert "\x1b[" in _run_on_tty(runs, args)
+    runs.env["NO_COLOR"] = "1"
+    assert "\x1b[" not in _run_on_tty(runs, args)
+
+
+def _run_on_tty(runs: Runs, args: tuple[str, ...]) -> str:
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(runs.argv(*args), env=runs.env, cwd=runs.workdir, stdout=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=20)
+    os.close(primary)
+    return b"".join(chunks).decode()
+
+
+TRACEBACK_RANK = """
+    import os, signal, time
+    if os.environ["RANK"] == "1":
+        raise ValueError("boom from rank 1")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # dies of its own secondary error, later
+    time.sleep(0.5)
+    raise RuntimeError("Connection closed by peer")
+"""
+
+
+def test_report_names_the_first_failure_and_its_exception(runs: Runs) -> None:
+    runs.script("train.py", TRACEBACK_RANK, executable=False)
+    result = runs.run(
+        "--nproc_per_node", "2", "--master_port", "0", "--summary-json", "s.json", "train.py"
+    )
+    assert result.returncode == 1
+    report = result.stderr[result.stderr.index("root cause") :].splitlines()
+    assert report[0].startswith("root cause: rank 1 (local rank 1, host ")
+    assert report[1] == "rankrun:   Traceback (most recent call last):"
+    assert "rankrun:   ValueError: boom from rank 1" in report
+    assert not any("Connection closed" in line for line in report)
+    assert "others: terminated: 0" in report[-2]
+
+    summary = json.loads((runs.workdir / "s.json").read_text())
+    assert summary["exit_code"] == 1
+    assert summary["root_cause"]["rank"] == 1
+    assert "ValueError: boom from rank 1" in summary["root_cause"]["error"]
+    (attempt,) = summary["attempts"]
+    assert [r["state"] for r in attempt["ranks"]] == ["terminated", "failed"]
+    assert attempt["ranks"][0]["signal"] is None  # it exited 1 after ignoring SIGTERM
+    assert all(r["pid"] > 0 and r["ended_at"] >= r["started_at"] for r in attempt["ranks"])
+
+
+def test_report_falls_back_to_the_error_file_then_the_tail(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        echo "line $RANK"
+        printf '{"message": {"message": "KeyError: lost", "extraInfo": {}}}' \\
+            > "$TORCHELASTIC_ERROR_FILE"
+        exit 2
+    """,
+    )
+    result = runs.run("--master_port", "0", "-r", "1", "--log-dir", "l", "./rank.sh")
+    assert "rankrun:   KeyError: lost" in result.stderr.splitlines()
+
+    runs.script("rank2.sh", 'for i in $(seq 30); do echo "err $i" >&2; done; exit 2\n')
+    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank2.sh")
+    report = result.stderr[result.stderr.index("root cause") :].splitlines()
+    assert report[1:21] == [f"rankrun:   err {i}" for i in range(11, 31)]
+
+
+def test_torch_record_writes_its_error_file_into_the_layout(runs: Runs) -> None:
+    pytest.importorskip("torch")
+    runs.script(
+        "train.py",
+        """
+        from torch.distributed.elastic.multiprocessing.errors import record
+        @record
+        def main():
+            raise KeyError("missing shard")
+        main()
+    """,
+        executable=False,
+    )
+    result = runs.run("--master_port", "0", "--log-dir", "logs", "--run-id", "j", "train.py")
+    assert result.returncode == 1
+    error = json.loads((runs.workdir / "logs/j/attempt_0/rank_0/error.json").read_text())
+    assert "missing shard" in json.dumps(error)
+    assert "KeyError: 'missing shard'" in result.stderr
