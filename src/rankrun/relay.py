@@ -81,28 +81,33 @@ class Relay:
     def flush(self) -> None:
         """Print an unterminated last line, as a line of its own."""
         if self._pending:
-            self._printer.write(self._stream, self._render(self._pending + b"\n"))
+            self._printer.write(self._stream, self._render(self._pending))
             self._pending = b""
 
     def _to_console(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n") + 1
-        out = self._render(data[:end]) if end else b""
-        rest = data[end:]
+        end = data.rfind(b"\n")
+        out = self._render(data[:end]) if end >= 0 else b""
+        rest = data[end + 1 :]
         while len(rest) > MAX_LINE:
-            out += self._render(rest[:MAX_LINE] + b"\n")
+            out += self._render(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
         self._pending = rest
         if out:
             self._printer.write(self._stream, out)
 
     def _render(self, lines: bytes) -> bytes:
-        """Label each of ``lines`` (which ends in a newline) without doubling torch's label."""
+        """Label each line of ``lines`` (given without its final newline), and end it.
+
+        A line that already carries this rank's torch label keeps just one label. Searching
+        for that label costs four times the labelling itself, so a one-byte scan for its
+        first character comes first.
+        """
         label = self._printer.stamp() + self._label
         if not label:
-            return lines
-        out = label + lines[:-1].replace(b"\n", b"\n" + label) + b"\n"
-        if self._label and self._torch_label in lines:
+            return lines + b"\n"
+        out = b"".join((label, lines.replace(b"\n", b"\n" + label), b"\n"))
+        if self._label and b"[" in lines and self._torch_label in lines:
             out = out.replace(label + self._torch_label, label)
         return out
 
