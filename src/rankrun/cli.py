@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import NoReturn
 
 from rankrun import Options, launch
@@ -128,7 +127,7 @@ def _nnodes(value: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        options = Options(**{f.name: getattr(args, f.name) for f in fields(Options)})
+        options = Options(**{name: getattr(args, name) for name in Options._fields})
         outcome = launch(args.training_script, args.training_script_args, options)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)

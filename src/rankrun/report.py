@@ -69,7 +69,7 @@ def attempt_line(attempt: Attempt) -> str:
         what = f"rankrun got {signal.Signals(attempt.interrupted_by).name}"
     else:
         what = "every rank exited 0"
-    return f"attempt {attempt.index}: {what}"
+    return f"attempt {attempt.number}: {what}"
 
 
 def others_line(attempt: Attempt) -> str:

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rankrun.errors import UsageError
 
 STREAMS = ("stdout", "stderr")
 
 
-@dataclass(frozen=True)
-class StreamSpec:
+class StreamSpec(NamedTuple):
     """torchrun's value syntax for -r/-t: ``3`` for every local rank, or ``0:1,1:2``."""
 
     default: int = 0
-    per_rank: Mapping[int, int] = field(default_factory=dict)
+    per_rank: Mapping[int, int] = {}
 
     def mask(self, local_rank: int) -> int:
         return self.per_rank.get(local_rank, self.default)
@@ -60,18 +59,16 @@ def parse_ranks_filter(value: str) -> frozenset[int]:
         ) from None
 
 
-@dataclass(frozen=True)
-class OutputOptions:
+class OutputOptions(NamedTuple):
     prefix: bool = True
     local_ranks_filter: frozenset[int] | None = None
     timestamps: bool = False
     log_dir: str | None = None
-    redirects: StreamSpec = field(default_factory=StreamSpec)
-    tee: StreamSpec = field(default_factory=StreamSpec)
+    redirects: StreamSpec = StreamSpec()
+    tee: StreamSpec = StreamSpec()
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """One stream of one rank."""
 
     console: bool

@@ -33,7 +33,7 @@ def write_summary(path: str, outcome: Outcome, host: str, run_id: str) -> None:
 def _attempt(attempt: Attempt) -> dict[str, Any]:
     interrupted = attempt.interrupted_by
     return {
-        "index": attempt.index,
+        "number": attempt.number,
         "exit_code": attempt.exit_code,
         "cause_rank": attempt.cause.rank if attempt.cause else None,
         "interrupted_by": signal.Signals(interrupted).name if interrupted else None,

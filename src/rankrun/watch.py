@@ -12,24 +12,22 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType, TracebackType
+from typing import NamedTuple
 
 TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
 _HANDLED = (*TERMINATING, *FORWARDED, signal.SIGCHLD)
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(NamedTuple):
     pid: int
     exit_code: int | None
     signal: int | None
     at: float
 
 
-@dataclass(frozen=True)
-class Signalled:
+class Signalled(NamedTuple):
     signum: int
 
 
