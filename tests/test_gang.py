@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 
@@ -222,3 +223,14 @@ def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
     assert result.returncode == 0
     assert wait_gone(runs.tag, 0) == []
     assert os.path.exists(runs.workdir / "rank.sh")
+
+
+def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> None:
+    # 600 ranks hold 1200 pipe ends: past the common soft limit of 1024 unless raised.
+    runs.script("rank.sh", "#!/bin/sh\necho $RANK\n")
+    result = runs.run(
+        "--nproc_per_node", "600", "--master_port", "0", "./rank.sh",
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096)),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 600

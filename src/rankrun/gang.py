@@ -13,7 +13,7 @@ from rankrun.guardian import Guardian
 from rankrun.outcome import Attempt, Outcome, RankResult
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
-from rankrun.rank_io import RankIO
+from rankrun.rank_io import RankIO, ensure_fd_capacity
 from rankrun.relay import Relay
 from rankrun.subreaper import set_subreaper
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
@@ -27,6 +27,7 @@ _KILL_WAIT_S = 2.0
 
 def run(plan: Plan, printer: Printer) -> Outcome:
     """Run every attempt of ``plan`` and return what happened. Needs the main thread."""
+    ensure_fd_capacity(plan.nproc_per_node)
     subreaper = set_subreaper(True)
     guardian = Guardian(plan.shutdown_timeout)
     try:
@@ -83,6 +84,8 @@ class _AttemptRun:
         self.plan, self.index = plan, index
         self.printer, self.watch, self.guardian = printer, watch, guardian
         self.ranks: list[_Rank] = []
+        self.live: dict[int, _Rank] = {}
+        """Ranks not yet seen to exit, by pid."""
         self.cause: _Rank | None = None
         self.interrupted_by: int | None = None
         self.deadline: float | None = None
@@ -105,6 +108,8 @@ class _AttemptRun:
         for spec in self.plan.ranks(self.index):
             rank = self._spawn(spec)
             self.ranks.append(rank)
+            if rank.exit is None:
+                self.live[rank.pid] = rank
             if rank.failed:
                 self._fail(rank)
                 return
@@ -113,6 +118,7 @@ class _AttemptRun:
         now = time.time()
         io = RankIO(spec, self.printer)
         try:
+            io.open()
             proc = subprocess.Popen(
                 spec.argv,
                 env=spec.env,
@@ -153,11 +159,12 @@ class _AttemptRun:
         relay.close()
 
     def _handle(self, events: list[Event]) -> None:
-        by_pid = {r.pid: r for r in self.ranks if r.exit is None}
-        exited = [by_pid[e.pid] for e in events if isinstance(e, Exited) and e.pid in by_pid]
+        exited = []
         for e in events:
-            if isinstance(e, Exited) and e.pid in by_pid:
-                by_pid[e.pid].exit = e
+            if isinstance(e, Exited) and e.pid in self.live:
+                rank = self.live.pop(e.pid)
+                rank.exit = e
+                exited.append(rank)
         for rank in exited:
             self._drain(rank)
         first_failure = next((r for r in exited if r.failed), None)
@@ -193,8 +200,8 @@ class _AttemptRun:
             self._kill()
 
     def _teardown(self, signum: int) -> None:
-        for rank in self.ranks:
-            rank.terminated = rank.terminated or rank.exit is None
+        for rank in self.live.values():
+            rank.terminated = True
         grace = self.plan.shutdown_timeout
         self.deadline = time.monotonic() + grace
         count = self._signal_groups(signum)
@@ -229,7 +236,7 @@ class _AttemptRun:
         self.guardian.forget(rank.pid)
 
     def _finished(self) -> bool:
-        if any(r.exit is None for r in self.ranks):
+        if self.live:
             return self.killed and self._past_deadline()
         for rank in self.ranks:
             if rank.group_alive and not _group_exists(rank.pid):
@@ -249,7 +256,7 @@ class _AttemptRun:
         timeout = None
         if self.deadline is not None:
             timeout = max(0.0, self.deadline - time.monotonic())
-        if all(r.exit is not None for r in self.ranks):
+        if not self.live:
             timeout = min(timeout if timeout is not None else _GROUP_RECHECK_S, _GROUP_RECHECK_S)
         return timeout
 

@@ -16,13 +16,23 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 class RankIO:
     def __init__(self, spec: RankSpec, printer: Printer) -> None:
         self.relays: list[Relay] = []
+        self.stdout: int | None = None
+        self.stderr: int | None = None
+        self._spec, self._printer = spec, printer
         self._tail: Tail | None = None
         self._child_ends: list[int] = []
-        self._stderr_file = spec.stderr.file
-        if spec.error_file is not None:
-            os.makedirs(os.path.dirname(spec.error_file), exist_ok=True)
-        self.stdout = self._open(0, spec.stdout, spec.rank, printer)
-        self.stderr = self._open(1, spec.stderr, spec.rank, printer)
+
+    def open(self) -> None:
+        """Create the files and pipes; on failure, close what was made, and raise."""
+        spec = self._spec
+        try:
+            if spec.error_file is not None:
+                os.makedirs(os.path.dirname(spec.error_file), exist_ok=True)
+            self.stdout = self._open(0, spec.stdout, spec.rank, self._printer)
+            self.stderr = self._open(1, spec.stderr, spec.rank, self._printer)
+        except OSError:
+            self.close()
+            raise
 
     def _open(self, stream: int, route: Route, rank: int, printer: Printer) -> int | None:
         if route.inherited:
@@ -66,11 +76,28 @@ class RankIO:
         """The end of the rank's stderr, from the relay or from its log file."""
         if self._tail is not None:
             return self._tail.text()
-        if self._stderr_file is None:
+        if self._spec.stderr.file is None:
             return ""
         try:
-            with open(self._stderr_file, "rb") as f:
+            with open(self._spec.stderr.file, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
                 return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+
+def ensure_fd_capacity(ranks: int) -> None:
+    """Raise the soft limit on open files if the ranks' pipes could pass it.
+
+    Each rank holds two pipes, and two more ends while it starts; the common soft limit of
+    1024 would stop a labelled run near 500 ranks. The ranks inherit the raised limit.
+    """
+    needed = 4 * ranks + 64
+    if needed <= 256:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
