@@ -84,7 +84,16 @@ def others_line(attempt: Attempt) -> str:
 
 
 def _ranks(results: list[RankResult]) -> str:
-    return ", ".join(f"rank {r.rank}" if r.failed else str(r.rank) for r in results)
+    """Rank numbers with runs folded: ``0-5, 7, 9-511``."""
+    numbers = sorted(r.rank for r in results)
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run))
+                     for run in runs)  # fmt: skip
 
 
 def error_lines(result: RankResult) -> list[str]:

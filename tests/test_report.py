@@ -1,0 +1,64 @@
+"""The report, at its seam: built from RankResults, with no processes."""
+
+from __future__ import annotations
+
+import signal
+
+from rankrun.outcome import Attempt, Outcome, RankResult
+from rankrun.report import error_lines, format_report, others_line
+
+
+def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,
+            tail: str = "") -> RankResult:  # fmt: skip
+    return RankResult(rank, rank, 100 + rank, 10.0, 12.5, code, sig, terminated, None, tail)
+
+
+def test_others_fold_runs_of_ranks_into_ranges() -> None:
+    cause = _result(5, code=3)
+    ranks = [_result(r, code=None, sig=signal.SIGTERM, terminated=True) for r in range(5)]
+    ranks += [
+        cause,
+        _result(6, code=1),
+        _result(7),
+        *(_result(r, code=None, sig=signal.SIGTERM, terminated=True) for r in range(8, 512)),
+    ]
+    line = others_line(Attempt(0, tuple(ranks), cause))
+    assert line == "others: failed afterwards: 6; terminated: 0-4, 8-511; finished: 7"
+
+
+def test_traceback_is_the_last_one_without_torchs_labels() -> None:
+    tail = (
+        "[rank2]: warming up\n"
+        "[rank2]: Traceback (most recent call last):\n[rank2]:   old\n[rank2]: KeyError: 1\n"
+        "noise\n"
+        "[rank2]: Traceback (most recent call last):\n"
+        '[rank2]:   File "t.py", line 1, in <module>\n'
+        "[rank2]: ValueError: boom\n"
+    )
+    assert error_lines(_result(2, code=1, tail=tail)) == [
+        "Traceback (most recent call last):", '  File "t.py", line 1, in <module>',
+        "ValueError: boom",
+    ]  # fmt: skip
+
+
+def test_a_long_traceback_keeps_its_head_and_its_end() -> None:
+    frames = [f"  frame {i}" for i in range(100)]
+    tail = "\n".join(["Traceback (most recent call last):", *frames, "OSError: disk"])
+    lines = error_lines(_result(0, code=1, tail=tail))
+    assert len(lines) == 40
+    assert lines[0].startswith("Traceback") and lines[-1] == "OSError: disk"
+    assert lines[2] == "... 63 lines ..."
+
+
+def test_signal_death_is_named_with_its_meaning_and_code() -> None:
+    cause = _result(1, code=None, sig=signal.SIGSEGV)
+    report = format_report(Outcome((Attempt(0, (_result(0), cause), cause),)), "node7")
+    assert report[0] == (
+        "root cause: rank 1 (local rank 1, host node7, pid 101) was killed by "
+        "SIGSEGV (a crash in native code) after 2.50 s"
+    )
+    assert report[-1] == f"exit code {128 + signal.SIGSEGV}"
+
+
+def test_a_clean_run_has_no_report() -> None:
+    assert format_report(Outcome((Attempt(0, (_result(0), _result(1)), None),)), "h") == []
