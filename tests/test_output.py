@@ -310,8 +310,11 @@ def _run_on_tty(runs: Runs, args: tuple[str, ...]) -> str:
 TRACEBACK_RANK = """
     import os, signal, time
     if os.environ["RANK"] == "1":
+        while not os.path.exists("ready.0"):
+            time.sleep(0.01)
         raise ValueError("boom from rank 1")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # dies of its own secondary error, later
+    open("ready.0", "w").close()
     time.sleep(0.5)
     raise RuntimeError("Connection closed by peer")
 """
