@@ -234,3 +234,26 @@ def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.splitlines()) == 600
+
+
+def test_a_dead_guardian_does_not_break_the_run(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    ranks = {int(f.read_text().split()[0]) for f in runs.wait_for_files("pids.*", 2)}
+    children = _children(launcher.pid) - ranks
+    assert len(children) == 1, f"expected the guardian beside the ranks: {children}"
+    os.kill(children.pop(), signal.SIGKILL)
+    time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=20)
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert "guardian" in err
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(p) for p in f.read().split())
+    return found

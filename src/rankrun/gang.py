@@ -161,6 +161,11 @@ class _AttemptRun:
     def _handle(self, events: list[Event]) -> None:
         exited = []
         for e in events:
+            if isinstance(e, Exited) and e.pid == self.guardian.pid:
+                self.printer.event(
+                    f"the guardian (pid {e.pid}) died: if rankrun is killed now, "
+                    "its ranks may outlive it"
+                )
             if isinstance(e, Exited) and e.pid in self.live:
                 rank = self.live.pop(e.pid)
                 rank.exit = e

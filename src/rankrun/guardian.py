@@ -29,10 +29,16 @@ class Guardian:
         self._fd = write_fd
 
     def watch(self, pgid: int) -> None:
-        os.write(self._fd, b"+%d\n" % pgid)
+        self._send(b"+%d\n" % pgid)
 
     def forget(self, pgid: int) -> None:
-        os.write(self._fd, b"-%d\n" % pgid)
+        self._send(b"-%d\n" % pgid)
+
+    def _send(self, message: bytes) -> None:
+        try:
+            os.write(self._fd, message)
+        except BrokenPipeError:
+            pass  # the guardian died; the gang has said so, and the run goes on without it
 
     def close(self) -> None:
         """Stop guarding; groups still named are ended as if the launcher had died."""
