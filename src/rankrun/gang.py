@@ -15,6 +15,7 @@ from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
 from rankrun.rank_io import RankIO, ensure_fd_capacity
 from rankrun.relay import Relay
+from rankrun.report import how_it_ended
 from rankrun.subreaper import set_subreaper
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
 
@@ -188,7 +189,7 @@ class _AttemptRun:
 
     def _fail(self, rank: _Rank) -> None:
         self.cause = rank
-        self.printer.event(f"rank {rank.spec.rank} {_describe(rank)}")
+        self.printer.event(f"rank {rank.spec.rank} {how_it_ended(_result(rank))}")
         self._teardown(signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:
@@ -246,11 +247,11 @@ class _AttemptRun:
         for rank in self.ranks:
             if rank.group_alive and not _group_exists(rank.pid):
                 self._group_gone(rank)
-        leftovers = [r.spec.rank for r in self.ranks if r.group_alive]
+        leftovers = [str(r.spec.rank) for r in self.ranks if r.group_alive]
         if not leftovers:
             return True
         if self.deadline is None:
-            self.printer.event(f"rank(s) {_join(leftovers)} left processes behind")
+            self.printer.event(f"rank(s) {', '.join(leftovers)} left processes behind")
             self._teardown(signal.SIGTERM)
         return self.killed and self._past_deadline()
 
@@ -292,23 +293,9 @@ def _result(rank: _Rank) -> RankResult:
     )
 
 
-def _describe(rank: _Rank) -> str:
-    e = rank.exit
-    assert e is not None
-    if rank.error:
-        return rank.error
-    if e.signal is not None:
-        return f"was killed by {signal.Signals(e.signal).name}"
-    return f"exited with code {e.exit_code}"
-
-
 def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     return True
-
-
-def _join(items: list[int]) -> str:
-    return ", ".join(map(str, items))
