@@ -117,6 +117,6 @@ def runs(tmp_path: Path) -> Iterator[Runs]:
 BLOCKING_RANK = """
     #!/bin/bash
     sleep 300 &
-    echo "$$ $!" > "pids.$RANK"
+    echo "$$ $!" > "tmp.$RANK" && mv "tmp.$RANK" "pids.$RANK"  # whole when seen
     wait
 """

@@ -13,7 +13,7 @@ from conftest import BLOCKING_RANK, Runs, wait_gone
 FAILING_RANK = """
     #!/bin/bash
     sleep 300 &
-    echo "$$ $!" > "pids.$RANK"
+    echo "$$ $!" > "tmp.$RANK" && mv "tmp.$RANK" "pids.$RANK"  # whole when seen
     if [ "$RANK" = 1 ]; then
         while [ "$(ls pids.* | wc -l)" -lt "$WORLD_SIZE" ]; do sleep 0.01; done
         exit 3
