@@ -380,3 +380,16 @@ def test_torch_record_writes_its_error_file_into_the_layout(runs: Runs) -> None:
     error = json.loads((runs.workdir / "logs/j/attempt_0/rank_0/error.json").read_text())
     assert "missing shard" in json.dumps(error)
     assert "KeyError: 'missing shard'" in result.stderr
+
+
+def test_a_console_that_goes_away_does_not_end_the_run(runs: Runs) -> None:
+    # As with `rankrun ... | head -1`: the reader leaves, and the ranks' work must go on.
+    runs.script("rank.sh", 'for i in $(seq 20000); do echo "line $i"; done; touch "done.$RANK"\n')
+    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    assert launcher.stdout is not None
+    assert launcher.stdout.readline().startswith("[rank")
+    launcher.stdout.close()
+    _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 0, err
+    assert "Traceback" not in err
+    assert len(list(runs.workdir.glob("done.*"))) == 2

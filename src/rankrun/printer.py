@@ -26,6 +26,7 @@ class Printer:
     ) -> None:
         env = os.environ if env is None else env
         self.fds = (out_fd, err_fd)
+        self._gone = [False, False]
         self.timestamps = timestamps
         self._colour = tuple("NO_COLOR" not in env and os.isatty(fd) for fd in self.fds)
         self._events_path = events_path
@@ -48,7 +49,16 @@ class Printer:
         )
 
     def write(self, stream: int, data: bytes) -> None:
-        write_all(self.fds[stream], data)
+        """Write to stdout (0) or stderr (1); a stream whose reader has gone is dropped.
+
+        A closed pipe (``rankrun ... | head``) or a hung-up terminal must not end the run.
+        """
+        if self._gone[stream]:
+            return
+        try:
+            write_all(self.fds[stream], data)
+        except OSError:
+            self._gone[stream] = True
 
     def event(self, message: str) -> None:
         self.write(1, self.stamp() + f"rankrun: {message}\n".encode())
