@@ -98,3 +98,10 @@ def test_port_0_and_standalone_pick_a_free_port(runs: Runs) -> None:
         assert 0 < int(envs[0]["MASTER_PORT"]) < 65536
         for f in runs.workdir.glob("env.*"):
             f.unlink()
+
+
+def test_torchruns_fixed_nnodes_range_is_accepted(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    result = runs.run("--nnodes", "2:2", "--node_rank", "1", "--master_port", "29511", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert _envs(runs, 1)[1]["GROUP_WORLD_SIZE"] == "2"
