@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from rankrun import Options, launch
 from rankrun.errors import UsageError
+from rankrun.libc import keep_freed_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +126,7 @@ def _nnodes(value: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()  # process-wide, so the program sets it, not launch()
     try:
         args = build_parser().parse_args(argv)
         options = Options(**{name: getattr(args, name) for name in Options._fields})

@@ -10,13 +10,13 @@ import subprocess
 import time
 
 from rankrun.guardian import Guardian
+from rankrun.libc import set_subreaper
 from rankrun.outcome import Attempt, Outcome, RankResult
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
 from rankrun.rank_io import RankIO, ensure_fd_capacity
 from rankrun.relay import Relay
 from rankrun.report import how_it_ended
-from rankrun.subreaper import set_subreaper
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
 
 # Members of a group other than its leader are not our children until the leader dies, and
