@@ -257,3 +257,30 @@ def _children(pid: int) -> set[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             found.update(int(p) for p in f.read().split())
     return found
+
+
+def test_ctrl_z_pauses_every_rank_and_fg_resumes_them(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    started = [int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()]
+    launcher.send_signal(signal.SIGTSTP)
+    assert _wait_state([launcher.pid, *started], "T"), "Ctrl-Z must stop the launcher and ranks"
+    launcher.send_signal(signal.SIGCONT)
+    assert _wait_state(started, "S"), "fg must resume every rank and helper"
+    launcher.send_signal(signal.SIGTERM)
+    launcher.communicate(timeout=20)
+    assert launcher.returncode == 128 + signal.SIGTERM
+
+
+def _wait_state(pids: list[int], state: str, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_state(pid) == state for pid in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()

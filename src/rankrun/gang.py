@@ -204,6 +204,20 @@ class _AttemptRun:
         elif signum in TERMINATING and not self.killed:
             self.printer.event(f"got {name} again")
             self._kill()
+        elif signum == signal.SIGTSTP:
+            self._suspend()
+        elif signum == signal.SIGCONT:
+            self._signal_groups(signal.SIGCONT)
+
+    def _suspend(self) -> None:
+        """Ctrl-Z: stop every rank's group, then the launcher; the shell's fg sends SIGCONT.
+
+        The ranks never see the terminal's SIGTSTP (each runs in a session of its own), and
+        the kernel discards SIGTSTP sent to their orphaned groups, so they get SIGSTOP.
+        """
+        count = self._signal_groups(signal.SIGSTOP)
+        self.printer.event(f"paused {count} rank group(s); fg resumes them")
+        os.kill(os.getpid(), signal.SIGSTOP)
 
     def _teardown(self, signum: int) -> None:
         for rank in self.live.values():

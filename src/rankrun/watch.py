@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
-_HANDLED = (*TERMINATING, *FORWARDED, signal.SIGCHLD)
+JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT)
+_HANDLED = (*TERMINATING, *FORWARDED, *JOB_CONTROL, signal.SIGCHLD)
 
 
 class Exited(NamedTuple):
