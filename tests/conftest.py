@@ -92,6 +92,13 @@ class Runs:
             text=True,
         )
 
+    def gang(self, ranks: int, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run ``ranks`` ranks on a free port, so that tests never contend for 29500."""
+        return self.run("--nproc_per_node", str(ranks), "--master_port", "0", *args, **kw)
+
+    def start_gang(self, ranks: int, *args: str) -> subprocess.Popen[str]:
+        return self.start("--nproc_per_node", str(ranks), "--master_port", "0", *args)
+
     def wait_for_files(self, pattern: str, count: int, timeout: float = 20) -> list[Path]:
         deadline = time.monotonic() + timeout
         while len(found := sorted(self.workdir.glob(pattern))) < count:

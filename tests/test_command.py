@@ -20,7 +20,7 @@ def test_executable_runs_directly_with_its_arguments(runs: Runs) -> None:
 
 def test_shebang_file_without_run_bit_runs_through_its_interpreter(runs: Runs) -> None:
     runs.script("x.sh", 'echo "$BASH_VERSION" > "out.$RANK"\n', executable=False)
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "x.sh")
+    result = runs.gang(2, "x.sh")
     assert result.returncode == 0, result.stderr
     assert (runs.workdir / "out.1").read_text().strip()
 

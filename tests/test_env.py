@@ -73,7 +73,7 @@ EXPECTED = {
 def test_user_settings_win_where_the_contract_allows(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
     runs.env.update(OMP_NUM_THREADS="5", PYTHONUNBUFFERED="", TORCH_NCCL_ASYNC_ERROR_HANDLING="0")
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == 0, result.stderr
     env = _envs(runs, 2)[1]
     assert (env["OMP_NUM_THREADS"], env["PYTHONUNBUFFERED"]) == ("5", "")

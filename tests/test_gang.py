@@ -26,7 +26,7 @@ def test_first_failure_tears_down_the_gang_and_its_helpers(runs: Runs) -> None:
     runs.script("rank.sh", FAILING_RANK)
     started = time.monotonic()
     # The default 30 s grace: the others must go on SIGTERM, long before any SIGKILL.
-    result = runs.run("--nproc_per_node", "4", "--master_port", "0", "./rank.sh")
+    result = runs.gang(4, "./rank.sh")
     assert time.monotonic() - started < 10
     assert result.returncode == 3
     assert "root cause: rank 1 (local rank 1" in result.stderr
@@ -35,7 +35,7 @@ def test_first_failure_tears_down_the_gang_and_its_helpers(runs: Runs) -> None:
 
 def test_every_rank_exiting_0_is_success_even_at_different_times(runs: Runs) -> None:
     runs.script("rank.sh", 'sleep "0.$RANK"; echo "done $RANK"\n')
-    result = runs.run("--nproc_per_node", "3", "--master_port", "0", "./rank.sh")
+    result = runs.gang(3, "./rank.sh")
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [f"[rank{r}]: done {r}" for r in range(3)]
     assert "root cause" not in result.stderr
@@ -44,13 +44,13 @@ def test_every_rank_exiting_0_is_success_even_at_different_times(runs: Runs) -> 
 @pytest.mark.parametrize("code", [1, 7, 255])
 def test_exit_code_is_the_root_causes(runs: Runs, code: int) -> None:
     runs.script("rank.sh", f'[ "$RANK" = 1 ] && exit {code}; sleep 300\n')
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == code
 
 
 def test_rank_killed_by_a_signal_gives_128_plus_n_and_names_it(runs: Runs) -> None:
     runs.script("rank.sh", '[ "$RANK" = 0 ] && kill -KILL $$; sleep 300\n')
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == 128 + signal.SIGKILL
     assert "SIGKILL (often the kernel's OOM killer)" in result.stderr
     assert "root cause: rank 0" in result.stderr
@@ -71,7 +71,7 @@ def test_terminated_ranks_are_never_the_root_cause(runs: Runs) -> None:
         sleep 300 & wait
     """,
     )
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == 3
     assert "root cause: rank 1" in result.stderr
 
@@ -91,9 +91,7 @@ def test_rank_ignoring_sigterm_gets_sigkill_after_the_grace_period(runs: Runs) -
     """,
     )
     started = time.monotonic()
-    result = runs.run(
-        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "1", "./rank.sh"
-    )
+    result = runs.gang(2, "--shutdown-timeout", "1", "./rank.sh")
     assert 1 <= time.monotonic() - started < 10
     assert result.returncode == 4
     assert "sent SIGKILL" in result.stderr
@@ -101,9 +99,7 @@ def test_rank_ignoring_sigterm_gets_sigkill_after_the_grace_period(runs: Runs) -
 
 def test_helper_left_behind_by_a_successful_rank_is_ended(runs: Runs) -> None:
     runs.script("rank.sh", 'sleep 300 &\necho "$!" > "helper.$RANK"\nexit 0\n')
-    result = runs.run(
-        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "5", "./rank.sh"
-    )
+    result = runs.gang(2, "--shutdown-timeout", "5", "./rank.sh")
     assert result.returncode == 0
     assert "left processes behind" in result.stderr
 
@@ -111,7 +107,7 @@ def test_helper_left_behind_by_a_successful_rank_is_ended(runs: Runs) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, signum: int) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start("--nproc_per_node", "4", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(4, "./rank.sh")
     runs.wait_for_files("pids.*", 4)
     started = time.monotonic()
     launcher.send_signal(signum)
@@ -123,9 +119,7 @@ def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, sign
 
 def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)  # bash ignores SIGQUIT, always
-    launcher = runs.start(
-        "--nproc_per_node", "2", "--master_port", "0", "--shutdown-timeout", "1", "./rank.sh"
-    )
+    launcher = runs.start_gang(2, "--shutdown-timeout", "1", "./rank.sh")
     runs.wait_for_files("pids.*", 2)
     launcher.send_signal(signal.SIGQUIT)
     _, err = launcher.communicate(timeout=20)
@@ -136,7 +130,7 @@ def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs)
 
 def test_second_ctrl_c_kills_at_once(runs: Runs) -> None:
     runs.script("rank.sh", "trap '' INT TERM\ntouch up.$RANK\nwhile true; do sleep 0.05; done\n")
-    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh")
     runs.wait_for_files("up.*", 2)
     started = time.monotonic()
     launcher.send_signal(signal.SIGINT)
@@ -151,9 +145,7 @@ def test_second_ctrl_c_kills_at_once(runs: Runs) -> None:
 
 def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start(
-        "--nproc_per_node", "4", "--master_port", "0", "--shutdown-timeout", "3", "./rank.sh"
-    )
+    launcher = runs.start_gang(4, "--shutdown-timeout", "3", "./rank.sh")
     pid_files = runs.wait_for_files("pids.*", 4)
     started = [int(p) for f in pid_files for p in f.read_text().split()]
     launcher.kill()
@@ -172,7 +164,7 @@ def test_sigusr1_is_forwarded_and_tears_nothing_down(runs: Runs) -> None:
         while true; do sleep 0.05; done
     """,
     )
-    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh")
     runs.wait_for_files("up.*", 2)
     launcher.send_signal(signal.SIGUSR1)
     _, err = launcher.communicate(timeout=20)
@@ -190,9 +182,7 @@ def test_max_restarts_runs_again_with_the_restart_count(runs: Runs) -> None:
         sleep 0.2
     """,
     )
-    result = runs.run(
-        "--nproc_per_node", "2", "--master_port", "0", "--max-restarts", "2", "./rank.sh"
-    )
+    result = runs.gang(2, "--max-restarts", "2", "./rank.sh")
     assert result.returncode == 0, result.stderr
     assert (runs.workdir / "attempts.0").read_text() == "0/2\n1/2\n"
     assert "attempt 0: rank 1 exited with code 9" in result.stderr
@@ -201,9 +191,7 @@ def test_max_restarts_runs_again_with_the_restart_count(runs: Runs) -> None:
 
 def test_max_restarts_exhausted_reports_every_attempt(runs: Runs) -> None:
     runs.script("rank.sh", "exit 6\n")
-    result = runs.run(
-        "--nproc_per_node", "1", "--master_port", "0", "--max-restarts", "1", "./rank.sh"
-    )
+    result = runs.gang(1, "--max-restarts", "1", "./rank.sh")
     assert result.returncode == 6
     assert "restart 1 of 1" in result.stderr
     assert "attempt 1: rank 0 exited with code 6" in result.stderr
@@ -219,7 +207,7 @@ def _alive(pid: int) -> bool:
 
 def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
     runs.script("rank.sh", "exit 0\n")
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == 0
     assert wait_gone(runs.tag, 0) == []
     assert os.path.exists(runs.workdir / "rank.sh")
@@ -228,8 +216,7 @@ def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
 def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> None:
     # 600 ranks hold 1200 pipe ends: past the common soft limit of 1024 unless raised.
     runs.script("rank.sh", "#!/bin/sh\necho $RANK\n")
-    result = runs.run(
-        "--nproc_per_node", "600", "--master_port", "0", "./rank.sh",
+    result = runs.gang(600, "./rank.sh",
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096)),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -238,7 +225,7 @@ def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> N
 
 def test_a_dead_guardian_does_not_break_the_run(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh")
     ranks = {int(f.read_text().split()[0]) for f in runs.wait_for_files("pids.*", 2)}
     children = _children(launcher.pid) - ranks
     assert len(children) == 1, f"expected the guardian beside the ranks: {children}"
@@ -261,7 +248,7 @@ def _children(pid: int) -> set[int]:
 
 def test_ctrl_z_pauses_every_rank_and_fg_resumes_them(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh")
     started = [int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()]
     launcher.send_signal(signal.SIGTSTP)
     assert _wait_state([launcher.pid, *started], "T"), "Ctrl-Z must stop the launcher and ranks"

@@ -27,7 +27,7 @@ CHATTY_RANK = """
 
 def test_lines_stay_whole_and_correctly_labelled_under_load(runs: Runs) -> None:
     runs.script("chatty.py", CHATTY_RANK, executable=False)
-    result = runs.run("--nproc_per_node", "4", "--master_port", "0", "chatty.py")
+    result = runs.gang(4, "chatty.py")
     assert result.returncode == 0, result.stderr
     seen: dict[str, list[int]] = {str(r): [] for r in range(4)}
     for line in result.stdout.splitlines():
@@ -48,7 +48,7 @@ def test_half_written_line_is_held_until_finished(runs: Runs) -> None:
         fi
     """,
     )
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "[rank0]: hello world" in lines
@@ -57,7 +57,7 @@ def test_half_written_line_is_held_until_finished(runs: Runs) -> None:
 
 def test_unterminated_last_line_is_printed_when_the_rank_exits(runs: Runs) -> None:
     runs.script("rank.sh", "printf 'no newline from %s' $RANK\n")
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert sorted(result.stdout.splitlines()) == [
         "[rank0]: no newline from 0", "[rank1]: no newline from 1",
     ]  # fmt: skip
@@ -65,7 +65,7 @@ def test_unterminated_last_line_is_printed_when_the_rank_exits(runs: Runs) -> No
 
 def test_stdout_and_stderr_stay_apart(runs: Runs) -> None:
     runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     assert sorted(result.stdout.splitlines()) == ["[rank0]: out 0", "[rank1]: out 1"]
     assert "[rank1]: err 1" in result.stderr.splitlines()
     assert "out" not in result.stderr
@@ -73,7 +73,7 @@ def test_stdout_and_stderr_stay_apart(runs: Runs) -> None:
 
 def test_torch_style_label_is_not_doubled(runs: Runs) -> None:
     runs.script("rank.sh", 'echo "[rank$RANK]: already labelled"; echo "[rank9]: other"\n')
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    result = runs.gang(2, "./rank.sh")
     lines = result.stdout.splitlines()
     assert "[rank1]: already labelled" in lines
     assert "[rank1]: [rank9]: other" in lines
@@ -83,24 +83,21 @@ def test_single_rank_and_no_prefix_pass_output_through(runs: Runs) -> None:
     runs.script("rank.sh", "echo plain $RANK\n")
     result = runs.run("--master_port", "0", "./rank.sh")
     assert result.stdout == "plain 0\n"
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "--no-prefix", "./rank.sh")
+    result = runs.gang(2, "--no-prefix", "./rank.sh")
     assert sorted(result.stdout.splitlines()) == ["plain 0", "plain 1"]
 
 
 def test_timestamps(runs: Runs) -> None:
     runs.script("rank.sh", "echo hi\n")
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "--timestamps", "./rank.sh")
+    result = runs.gang(2, "--timestamps", "./rank.sh")
     for line in result.stdout.splitlines():
         assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \[rank\d\]: hi", line), line
 
 
 def test_filter_hides_ranks_from_the_console_but_not_from_their_logs(runs: Runs) -> None:
     runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
-    result = runs.run(
-        "--nproc_per_node",
-        "3",
-        "--master_port",
-        "0",
+    result = runs.gang(
+        3,
         "--local-ranks-filter",
         "0,2",
         "--log-dir",
@@ -126,11 +123,8 @@ BINARY_RANK = """
 
 def test_log_dir_layout_is_documented_and_byte_exact(runs: Runs) -> None:
     runs.script("bin.py", BINARY_RANK, executable=False)
-    result = runs.run(
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "0",
+    result = runs.gang(
+        2,
         "--log-dir",
         "logs",
         "--run-id",
@@ -177,11 +171,8 @@ def test_log_dir_keeps_each_attempt(runs: Runs) -> None:
 
 def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
     runs.script("rank.sh", "echo out $RANK; echo err $RANK >&2\n")
-    result = runs.run(
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "0",
+    result = runs.gang(
+        2,
         "-r",
         "3",
         "--log-dir",
@@ -193,11 +184,8 @@ def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
     assert result.stdout == "" and "err" not in result.stderr
     assert (runs.workdir / "a/r/attempt_0/rank_1/stderr.log").read_text() == "err 1\n"
 
-    result = runs.run(
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "0",
+    result = runs.gang(
+        2,
         "-t",
         "1",
         "--log-dir",
@@ -211,11 +199,8 @@ def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
     assert (runs.workdir / "b/r/attempt_0/rank_0/stdout.log").read_text() == "out 0\n"
     assert not (runs.workdir / "b/r/attempt_0/rank_0/stderr.log").exists()
 
-    result = runs.run(
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "0",
+    result = runs.gang(
+        2,
         "-r",
         "0:1",
         "--log-dir",
@@ -322,9 +307,7 @@ TRACEBACK_RANK = """
 
 def test_report_names_the_first_failure_and_its_exception(runs: Runs) -> None:
     runs.script("train.py", TRACEBACK_RANK, executable=False)
-    result = runs.run(
-        "--nproc_per_node", "2", "--master_port", "0", "--summary-json", "s.json", "train.py"
-    )
+    result = runs.gang(2, "--summary-json", "s.json", "train.py")
     assert result.returncode == 1
     report = result.stderr[result.stderr.index("root cause") :].splitlines()
     assert report[0].startswith("root cause: rank 1 (local rank 1, host ")
@@ -357,7 +340,7 @@ def test_report_falls_back_to_the_error_file_then_the_tail(runs: Runs) -> None:
     assert "rankrun:   KeyError: lost" in result.stderr.splitlines()
 
     runs.script("rank2.sh", 'for i in $(seq 30); do echo "err $i" >&2; done; exit 2\n')
-    result = runs.run("--nproc_per_node", "2", "--master_port", "0", "./rank2.sh")
+    result = runs.gang(2, "./rank2.sh")
     report = result.stderr[result.stderr.index("root cause") :].splitlines()
     assert report[1:21] == [f"rankrun:   err {i}" for i in range(11, 31)]
 
@@ -385,7 +368,7 @@ def test_torch_record_writes_its_error_file_into_the_layout(runs: Runs) -> None:
 def test_a_console_that_goes_away_does_not_end_the_run(runs: Runs) -> None:
     # As with `rankrun ... | head -1`: the reader leaves, and the ranks' work must go on.
     runs.script("rank.sh", 'for i in $(seq 20000); do echo "line $i"; done; touch "done.$RANK"\n')
-    launcher = runs.start("--nproc_per_node", "2", "--master_port", "0", "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh")
     assert launcher.stdout is not None
     assert launcher.stdout.readline().startswith("[rank")
     launcher.stdout.close()
