@@ -40,8 +40,8 @@ def launch(
 
     ``env`` replaces ``os.environ`` as the ranks' base environment. Raises UsageError for
     bad input, before anything is spawned. Call it from the main thread: it handles SIGINT,
-    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGCHLD while it runs, and restores the
-    previous handlers when it returns.
+    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGCONT and SIGCHLD while it runs, and
+    restores the previous handlers when it returns.
     """
     options = options or Options()
     plan = build_plan(script, args, options, env)

@@ -16,7 +16,7 @@ from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
 from rankrun.rank_io import RankIO, ensure_fd_capacity
 from rankrun.relay import Relay
-from rankrun.report import how_it_ended
+from rankrun.report import ending
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
 
 # Members of a group other than its leader are not our children until the leader dies, and
@@ -189,7 +189,9 @@ class _AttemptRun:
 
     def _fail(self, rank: _Rank) -> None:
         self.cause = rank
-        self.printer.event(f"rank {rank.spec.rank} {how_it_ended(_result(rank))}")
+        e = rank.exit
+        assert e is not None
+        self.printer.event(f"rank {rank.spec.rank} {ending(e.exit_code, e.signal, rank.error)}")
         self._teardown(signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:

@@ -60,7 +60,7 @@ def _become_guardian(read_fd: int, grace: float) -> None:
         os.dup2(devnull, fd)
     os.closerange(3, read_fd)
     os.closerange(read_fd + 1, 1 << 16)
-    end_groups(_read_groups(read_fd), grace)
+    _end_groups(_read_groups(read_fd), grace)
 
 
 def _read_groups(fd: int) -> set[int]:
@@ -73,13 +73,13 @@ def _read_groups(fd: int) -> set[int]:
     return groups
 
 
-def end_groups(groups: set[int], grace: float) -> None:
+def _end_groups(groups: set[int], grace: float) -> None:
     """SIGTERM each group, then SIGKILL those still alive after ``grace`` seconds."""
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while groups and time.monotonic() < deadline:
         time.sleep(0.02)
-        groups = {g for g in groups if group_alive(g)}
+        groups = {g for g in groups if _group_alive(g)}
     _signal_groups(groups, signal.SIGKILL)
 
 
@@ -91,7 +91,7 @@ def _signal_groups(groups: set[int], signum: int) -> None:
             pass
 
 
-def group_alive(pgid: int) -> bool:
+def _group_alive(pgid: int) -> bool:
     """Whether a process of the group still runs. Unreaped zombies do not count."""
     if not os.path.isdir("/proc/self"):
         try:

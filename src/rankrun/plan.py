@@ -69,14 +69,13 @@ class Plan(NamedTuple):
             rank_dir = os.path.join(self.log_root, f"attempt_{attempt}", f"rank_{rank}")
         stdout, stderr = rank_routes(self.output, local_rank, self.world_size, rank_dir)
         error_file = os.path.join(rank_dir, "error.json") if rank_dir else None
-        env = self.rank_env(local_rank, attempt)
+        env = self._env(rank, local_rank, attempt)
         if error_file is not None:
             env["TORCHELASTIC_ERROR_FILE"] = error_file
         return RankSpec(rank, local_rank, self.argv, env, stdout, stderr, error_file)
 
-    def rank_env(self, local_rank: int, attempt: int) -> dict[str, str]:
+    def _env(self, rank: int, local_rank: int, attempt: int) -> dict[str, str]:
         """The environment of one rank: the caller's, plus the launch contract."""
-        rank = self.nproc_per_node * self.node_rank + local_rank
         env = dict(self.base_env)
         env.update(
             MASTER_ADDR=self.master_addr,

@@ -28,13 +28,13 @@ class RankIO:
         try:
             if spec.error_file is not None:
                 os.makedirs(os.path.dirname(spec.error_file), exist_ok=True)
-            self.stdout = self._open(0, spec.stdout, spec.rank, self._printer)
-            self.stderr = self._open(1, spec.stderr, spec.rank, self._printer)
+            self.stdout = self._open(0, spec.stdout)
+            self.stderr = self._open(1, spec.stderr)
         except OSError:
             self.close()
             raise
 
-    def _open(self, stream: int, route: Route, rank: int, printer: Printer) -> int | None:
+    def _open(self, stream: int, route: Route) -> int | None:
         if route.inherited:
             return None
         file_fd = os.open(route.file, _FILE_FLAGS, 0o644) if route.file else None
@@ -45,14 +45,15 @@ class RankIO:
             return subprocess.DEVNULL
         read_fd, write_fd = os.pipe()
         self._child_ends.append(write_fd)
-        tail = Tail() if stream == 1 else None
-        self._tail = tail or self._tail
+        tail = None
+        if stream == 1:
+            tail = self._tail = Tail()
         self.relays.append(
             Relay(
                 read_fd,
-                printer,
+                self._printer,
                 stream,
-                rank=rank,
+                rank=self._spec.rank,
                 console=route.console,
                 labelled=route.labelled,
                 file_fd=file_fd,

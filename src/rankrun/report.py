@@ -31,11 +31,16 @@ def signal_text(signum: int) -> str:
 
 
 def how_it_ended(result: RankResult) -> str:
-    if result.error:
-        return result.error
-    if result.signal is not None:
-        return f"was killed by {signal_text(result.signal)}"
-    return f"exited with code {result.exit_code}"
+    return ending(result.exit_code, result.signal, result.error)
+
+
+def ending(exit_code: int | None, signum: int | None, error: str | None = None) -> str:
+    """How a rank ended, in words: its launch error, its signal and meaning, or its code."""
+    if error:
+        return error
+    if signum is not None:
+        return f"was killed by {signal_text(signum)}"
+    return f"exited with code {exit_code}"
 
 
 def format_report(outcome: Outcome, host: str) -> list[str]:

@@ -16,8 +16,6 @@ from typing import NamedTuple
 
 from rankrun.errors import UsageError
 
-STREAMS = ("stdout", "stderr")
-
 
 class StreamSpec(NamedTuple):
     """torchrun's value syntax for -r/-t: ``3`` for every local rank, or ``0:1,1:2``."""
