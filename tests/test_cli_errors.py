@@ -23,14 +23,14 @@ def listening_port() -> Iterator[int]:
 CASES = {
     "node_rank_too_high": (["--nnodes", "2", "--node_rank", "2"], "outside [0, 2)"),
     "node_rank_negative": (["--node-rank", "-1"], "outside [0, 1)"),
-    "no_procs": (["--nproc_per_node", "0"], "--nproc_per_node must be at least 1"),
+    "no_procs": (["--nproc_per_node", "0"], "--nproc-per-node must be at least 1"),
     "no_nodes": (["--nnodes", "0"], "--nnodes must be at least 1"),
     "elastic_nnodes": (["--nnodes", "1:4"], "elastic ranges are not supported"),
     "bad_nnodes": (["--nnodes", "two"], "invalid --nnodes"),
     "port_too_big": (["--master_port", "70000"], "outside 0..65535"),
     "port_not_a_number": (["--master_port", "abc"], "invalid int value"),
     "procs_not_a_number": (["--nproc-per-node", "auto"], "invalid int value"),
-    "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master_port 0 needs one"),
+    "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master-port 0 needs one"),
     "negative_grace": (["--shutdown-timeout", "-1"], "--shutdown-timeout must be 0 or more"),
     "negative_restarts": (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
     "standalone_multinode": (["--standalone", "--nnodes", "2"], "--standalone runs one node"),
@@ -48,7 +48,7 @@ def test_bad_flags(runs: Runs, case: str) -> None:
 def test_port_in_use_suggests_port_0(runs: Runs, listening_port: int) -> None:
     runs.script("rank.sh", MARKING_RANK)
     _assert_usage_error(
-        runs, ["--master_port", str(listening_port), "./rank.sh"], "--master_port 0"
+        runs, ["--master_port", str(listening_port), "./rank.sh"], "--master-port 0"
     )
 
 

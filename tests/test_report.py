@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 
-from rankrun.outcome import Attempt, Outcome, RankResult
+from rankrun.outcome import Attempt, Ending, Outcome, RankResult
 from rankrun.report import error_lines, format_report, others_line
 
 
 def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,
             tail: str = "") -> RankResult:  # fmt: skip
-    return RankResult(rank, rank, 100 + rank, 10.0, 12.5, code, sig, terminated, None, tail)
+    return RankResult(rank, rank, 100 + rank, 10.0, Ending(code, sig, 12.5, terminated), tail)
 
 
 def test_others_fold_runs_of_ranks_into_ranges() -> None:

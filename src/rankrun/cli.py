@@ -7,9 +7,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from rankrun import Options, launch
 from rankrun.errors import UsageError
-from rankrun.libc import keep_freed_memory
+from rankrun.launch import launch
+from rankrun.options import Options
+
+_DEFAULTS = Options._field_defaults
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,18 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rankrun",
         description="Launch a gang of training ranks that live and die together.",
         allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--nnodes", type=_nnodes, default=1, help="number of nodes (N or N:N)")
-    p.add_argument("--node_rank", "--node-rank", type=int, default=0, help="this node's rank")
-    p.add_argument(
-        "--nproc_per_node", "--nproc-per-node", type=int, default=1, help="ranks on this node"
-    )
-    p.add_argument("--master_addr", "--master-addr", default="127.0.0.1", help="rank 0's host")
+    p.add_argument("--nnodes", type=_nnodes, help="number of nodes (N or N:N)")
+    p.add_argument("--node_rank", "--node-rank", type=int, help="this node's rank")
+    p.add_argument("--nproc_per_node", "--nproc-per-node", type=int, help="ranks on this node")
+    p.add_argument("--master_addr", "--master-addr", help="rank 0's host")
     p.add_argument(
         "--master_port",
         "--master-port",
         type=int,
-        default=29500,
         help="rank 0's port; 0 picks a free one (one node only)",
     )
     p.add_argument("--standalone", action="store_true", help="one node on a free port")
@@ -41,27 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_restarts",
         "--max-restarts",
         type=int,
-        default=0,
         help="restart the whole gang up to N times after a failure",
     )
     p.add_argument(
         "--shutdown_timeout",
         "--shutdown-timeout",
         type=float,
-        default=30.0,
-        help="seconds between SIGTERM and SIGKILL when tearing down (default 30)",
+        help="seconds between SIGTERM and SIGKILL when tearing down",
     )
     p.add_argument(
         "--monitor_interval",
         "--monitor-interval",
         type=float,
-        default=None,
         help="accepted for torchrun compatibility and ignored: rankrun reacts to events",
     )
     p.add_argument("--no_python", "--no-python", action="store_true", help="run as given")
     p.add_argument("-m", "--module", action="store_true", help="run a module: python -u -m")
     p.add_argument("--run_id", "--run-id", "--rdzv_id", "--rdzv-id", help="TORCHELASTIC_RUN_ID")
-    p.add_argument("--role", default="default", help="ROLE_NAME of the ranks")
+    p.add_argument("--role", help="ROLE_NAME of the ranks")
     p.add_argument(
         "--use_env",
         "--use-env",
@@ -92,14 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "-r",
         "--redirects",
-        default="0",
         metavar="SPEC",
         help="send streams to the log files only: 1 stdout, 2 stderr, 3 both, or 0:1,1:2",
     )
     out.add_argument(
         "-t",
         "--tee",
-        default="0",
         metavar="SPEC",
         help="send streams to the log files and the console, with -r's syntax",
     )
@@ -110,8 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="write each rank's outcome and the root cause as JSON",
     )
     p.add_argument("training_script", help="the script or program each rank runs")
-    p.add_argument("training_script_args", nargs=argparse.REMAINDER, help="its arguments")
+    p.add_argument(
+        "training_script_args", nargs=argparse.REMAINDER, default=[], help="its arguments"
+    )
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each setting's default, read from ``Options``, to its help."""
+    for action in parser._actions:
+        value = _DEFAULTS.get(action.dest)
+        if action.help and value is not None and not isinstance(value, bool):
+            action.help += f" (default: {value})"
 
 
 def _nnodes(value: str) -> int:
@@ -126,10 +132,9 @@ def _nnodes(value: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    keep_freed_memory()  # process-wide, so the program sets it, not launch()
     try:
         args = build_parser().parse_args(argv)
-        options = Options(**{name: getattr(args, name) for name in Options._fields})
+        options = Options(**{n: v for n, v in vars(args).items() if n in _DEFAULTS})
         outcome = launch(args.training_script, args.training_script_args, options)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)

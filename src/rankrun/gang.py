@@ -1,23 +1,19 @@
-"""The gang: one loop spawns the ranks, watches them, and tears them down together."""
+"""The gang: one attempt's decisions. Start every rank, watch them, end them together.
+
+Every decision is made here, and the world is touched only through a ``Host``.
+"""
 
 from __future__ import annotations
 
-import errno
-import functools
-import os
 import signal
-import subprocess
 import time
+from typing import Protocol
 
-from rankrun.guardian import Guardian
-from rankrun.libc import set_subreaper
-from rankrun.outcome import Attempt, Outcome, RankResult
+from rankrun.outcome import Attempt, Ending, Outcome, RankResult, signal_name
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
-from rankrun.rank_io import RankIO, ensure_fd_capacity
-from rankrun.relay import Relay
-from rankrun.report import ending
-from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Watch
+from rankrun.rank import SpawnError
+from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled
 
 # Members of a group other than its leader are not our children until the leader dies, and
 # without a subreaper never are; while only such members are left, look again this often.
@@ -26,176 +22,111 @@ _GROUP_RECHECK_S = 0.1
 _KILL_WAIT_S = 2.0
 
 
-def run(plan: Plan, printer: Printer) -> Outcome:
-    """Run every attempt of ``plan`` and return what happened. Needs the main thread."""
-    ensure_fd_capacity(plan.nproc_per_node)
-    subreaper = set_subreaper(True)
-    guardian = Guardian(plan.shutdown_timeout)
-    try:
-        with Watch() as watch:
-            return _run_attempts(plan, printer, watch, guardian)
-    finally:
-        guardian.close()
-        if subreaper:
-            set_subreaper(False)
+class Host(Protocol):
+    """What the gang needs of the machine; ``rankrun.host.Host`` is the real one."""
+
+    def now(self) -> float: ...
+    def spawn(self, spec: RankSpec) -> int: ...
+    def drain(self, pid: int) -> None: ...
+    def release(self, pid: int) -> None: ...
+    def result(self, pid: int, ending: Ending) -> RankResult: ...
+    def signal_group(self, pgid: int, signum: int) -> bool: ...
+    def group_exists(self, pgid: int) -> bool: ...
+    def group_gone(self, pgid: int) -> None: ...
+    def wait(self, timeout: float | None) -> list[Event]: ...
+    def pause(self) -> None: ...
 
 
-def _run_attempts(plan: Plan, printer: Printer, watch: Watch, guardian: Guardian) -> Outcome:
+def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
+    """Run the gang, and again after a failure while restarts are left."""
     attempts: list[Attempt] = []
-    for index in range(plan.max_restarts + 1):
-        if index:
-            printer.event(f"restart {index} of {plan.max_restarts}")
-        attempt = _AttemptRun(plan, index, printer, watch, guardian).run()
+    for number in range(plan.max_restarts + 1):
+        if number:
+            printer.event(f"restart {number} of {plan.max_restarts}")
+        attempt = Gang(plan, number, host, printer).supervise()
         attempts.append(attempt)
         if attempt.exit_code == 0 or attempt.interrupted_by is not None:
             break
     return Outcome(tuple(attempts))
 
 
-class _Rank:
-    """The loop's own, changing record of one rank."""
+class _Member:
+    """The gang's changing record of one rank."""
 
-    __slots__ = ("spec", "pid", "started_at", "proc", "io", "exit", "terminated", "group_alive",
-                 "error")  # fmt: skip
+    __slots__ = ("spec", "pid", "ending", "group_alive")
 
-    def __init__(
-        self,
-        spec: RankSpec,
-        pid: int,
-        started_at: float,
-        proc: subprocess.Popen[bytes] | None,
-        io: RankIO,
-    ) -> None:
-        self.spec, self.pid, self.started_at, self.proc, self.io = spec, pid, started_at, proc, io
-        self.exit: Exited | None = None
-        self.terminated = False
-        self.group_alive = proc is not None
-        self.error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        e = self.exit
-        return e is not None and not self.terminated and (e.exit_code != 0 or e.signal is not None)
+    def __init__(self, spec: RankSpec, pid: int, ending: Ending | None) -> None:
+        self.spec, self.pid, self.ending = spec, pid, ending
+        """pid 0: the rank never started."""
+        self.group_alive = pid != 0
 
 
-class _AttemptRun:
-    def __init__(
-        self, plan: Plan, index: int, printer: Printer, watch: Watch, guardian: Guardian
-    ) -> None:
-        self.plan, self.index = plan, index
-        self.printer, self.watch, self.guardian = printer, watch, guardian
-        self.ranks: list[_Rank] = []
-        self.live: dict[int, _Rank] = {}
-        """Ranks not yet seen to exit, by pid."""
-        self.cause: _Rank | None = None
+class Gang:
+    def __init__(self, plan: Plan, attempt: int, host: Host, printer: Printer) -> None:
+        self.plan, self.attempt, self.host, self.printer = plan, attempt, host, printer
+        self.members: list[_Member] = []
+        self.live: dict[int, _Member] = {}
+        """Members not yet seen to exit, by pid."""
+        self.cause: _Member | None = None
         self.interrupted_by: int | None = None
         self.deadline: float | None = None
+        """When the teardown's grace ends (or, once killed, when to stop waiting)."""
         self.killed = False
 
-    def run(self) -> Attempt:
+    def supervise(self) -> Attempt:
         try:
-            self._spawn_all()
-            while not self._finished():
-                self._handle(self.watch.wait(self._timeout()))
-            for rank in self.ranks:
-                self._drain(rank)
-            return self._result()
+            self._start_all()
+            while True:
+                self._check_groups()
+                if self._done():
+                    return self._attempt()
+                self._handle(self.host.wait(self._timeout()))
         finally:
-            for rank in self.ranks:
-                for relay in rank.io.relays:
-                    self._close_relay(relay)
+            for member in self.members:
+                if member.pid:
+                    self.host.release(member.pid)
 
-    def _spawn_all(self) -> None:
-        for spec in self.plan.ranks(self.index):
-            rank = self._spawn(spec)
-            self.ranks.append(rank)
-            if rank.exit is None:
-                self.live[rank.pid] = rank
-            if rank.failed:
-                self._fail(rank)
+    def _start_all(self) -> None:
+        for spec in self.plan.ranks(self.attempt):
+            try:
+                member = _Member(spec, self.host.spawn(spec), None)
+            except SpawnError as e:
+                self.members.append(_Member(spec, 0, e.ending))
+                self._fail(self.members[-1])
                 return
-
-    def _spawn(self, spec: RankSpec) -> _Rank:
-        now = time.time()
-        io = RankIO(spec, self.printer)
-        try:
-            io.open()
-            proc = subprocess.Popen(
-                spec.argv,
-                env=spec.env,
-                stdout=io.stdout,
-                stderr=io.stderr,
-                start_new_session=True,
-            )
-        except OSError as e:
-            io.close()
-            code = 127 if e.errno == errno.ENOENT else 126
-            rank = _Rank(spec, 0, now, None, io)
-            rank.error = f"could not start {spec.argv[0]}: {e.strerror}"
-            rank.exit = Exited(0, code, None, now)
-            return rank
-        io.spawned()
-        self.guardian.watch(proc.pid)
-        for relay in io.relays:
-            self.watch.add_reader(relay.fd, functools.partial(self._on_output, relay))
-        return _Rank(spec, proc.pid, now, proc, io)
-
-    def _on_output(self, relay: Relay) -> None:
-        if not relay.read():
-            self._close_relay(relay)
-
-    def _drain(self, rank: _Rank) -> None:
-        """Relay what an ended rank left in its pipes, and its unterminated last line."""
-        for relay in rank.io.relays:
-            if relay.fd < 0:
-                continue
-            if relay.drain():
-                relay.flush()
-            else:
-                self._close_relay(relay)
-
-    def _close_relay(self, relay: Relay) -> None:
-        if relay.fd >= 0:
-            self.watch.remove_reader(relay.fd)
-        relay.close()
+            self.members.append(member)
+            self.live[member.pid] = member
 
     def _handle(self, events: list[Event]) -> None:
-        exited = []
-        for e in events:
-            if isinstance(e, Exited) and e.pid == self.guardian.pid:
-                self.printer.event(
-                    f"the guardian (pid {e.pid}) died: if rankrun is killed now, "
-                    "its ranks may outlive it"
-                )
-            if isinstance(e, Exited) and e.pid in self.live:
-                rank = self.live.pop(e.pid)
-                rank.exit = e
-                exited.append(rank)
-        for rank in exited:
-            self._drain(rank)
-        first_failure = next((r for r in exited if r.failed), None)
-        if first_failure is not None and self.deadline is None:
-            self._fail(first_failure)
+        exited = [self._exited(e) for e in events if isinstance(e, Exited) and e.pid in self.live]
+        failure = next((m for m in exited if m.ending and m.ending.failed), None)
+        if failure is not None and self.deadline is None:
+            self._fail(failure)
         elif self.deadline is not None:
             # What a dead leader leaves in its group may ignore the signal forwarded to it
             # (background jobs of a shell ignore SIGINT): ask it to stop the standard way.
-            for rank in exited:
-                self._signal_group(rank, signal.SIGTERM)
+            for member in exited:
+                self._signal_group(member, signal.SIGTERM)
         for e in events:
             if isinstance(e, Signalled):
                 self._on_signal(e.signum)
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self._past_deadline() and not self.killed:
             self._kill()
 
-    def _fail(self, rank: _Rank) -> None:
-        self.cause = rank
-        e = rank.exit
-        assert e is not None
-        self.printer.event(f"rank {rank.spec.rank} {ending(e.exit_code, e.signal, rank.error)}")
+    def _exited(self, e: Exited) -> _Member:
+        member = self.live.pop(e.pid)
+        member.ending = Ending(e.exit_code, e.signal, e.at, terminated=self.deadline is not None)
+        self.host.drain(member.pid)
+        return member
+
+    def _fail(self, member: _Member) -> None:
+        self.cause = member
+        assert member.ending is not None
+        self.printer.event(f"rank {member.spec.rank} {member.ending.words()}")
         self._teardown(signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
+        name = signal_name(signum)
         if signum in FORWARDED:
             count = self._signal_groups(signum)
             self.printer.event(f"forwarded {name} to {count} rank group(s)")
@@ -207,11 +138,11 @@ class _AttemptRun:
             self.printer.event(f"got {name} again")
             self._kill()
         elif signum == signal.SIGTSTP:
-            self._suspend()
+            self._pause()
         elif signum == signal.SIGCONT:
             self._signal_groups(signal.SIGCONT)
 
-    def _suspend(self) -> None:
+    def _pause(self) -> None:
         """Ctrl-Z: stop every rank's group, then the launcher; the shell's fg sends SIGCONT.
 
         The ranks never see the terminal's SIGTSTP (each runs in a session of its own), and
@@ -219,18 +150,16 @@ class _AttemptRun:
         """
         count = self._signal_groups(signal.SIGSTOP)
         self.printer.event(f"paused {count} rank group(s); fg resumes them")
-        os.kill(os.getpid(), signal.SIGSTOP)
+        self.host.pause()
 
     def _teardown(self, signum: int) -> None:
-        for rank in self.live.values():
-            rank.terminated = True
         grace = self.plan.shutdown_timeout
-        self.deadline = time.monotonic() + grace
+        self.deadline = self.host.now() + grace
         count = self._signal_groups(signum)
         if count:
-            name = signal.Signals(signum).name
             self.printer.event(
-                f"sent {name} to {count} rank group(s); SIGKILL in {grace:g} s (Ctrl-C to kill now)"
+                f"sent {signal_name(signum)} to {count} rank group(s); "
+                f"SIGKILL in {grace:g} s (Ctrl-C to kill now)"
             )
 
     def _kill(self) -> None:
@@ -238,80 +167,63 @@ class _AttemptRun:
         if count and not self.killed:
             self.printer.event(f"sent SIGKILL to {count} rank group(s)")
         self.killed = True
-        self.deadline = time.monotonic() + _KILL_WAIT_S
+        self.deadline = self.host.now() + _KILL_WAIT_S
 
     def _signal_groups(self, signum: int) -> int:
-        return sum(self._signal_group(rank, signum) for rank in self.ranks)
+        return sum(self._signal_group(member, signum) for member in self.members)
 
-    def _signal_group(self, rank: _Rank, signum: int) -> bool:
-        if not rank.group_alive:
+    def _signal_group(self, member: _Member, signum: int) -> bool:
+        if not member.group_alive:
             return False
-        try:
-            os.killpg(rank.pid, signum)
-        except ProcessLookupError:
-            self._group_gone(rank)
-            return False
-        return True
-
-    def _group_gone(self, rank: _Rank) -> None:
-        rank.group_alive = False
-        self.guardian.forget(rank.pid)
-
-    def _finished(self) -> bool:
-        if self.live:
-            return self.killed and self._past_deadline()
-        for rank in self.ranks:
-            if rank.group_alive and not _group_exists(rank.pid):
-                self._group_gone(rank)
-        leftovers = [str(r.spec.rank) for r in self.ranks if r.group_alive]
-        if not leftovers:
+        if self.host.signal_group(member.pid, signum):
             return True
-        if self.deadline is None:
+        self._group_gone(member)
+        return False
+
+    def _group_gone(self, member: _Member) -> None:
+        member.group_alive = False
+        self.host.group_gone(member.pid)
+
+    def _check_groups(self) -> None:
+        """Once every rank has exited, see which groups still hold processes, and end them."""
+        if self.live:
+            return
+        for member in self.members:
+            if member.group_alive and not self.host.group_exists(member.pid):
+                self._group_gone(member)
+        leftovers = [str(m.spec.rank) for m in self.members if m.group_alive]
+        if leftovers and self.deadline is None:
             self.printer.event(f"rank(s) {', '.join(leftovers)} left processes behind")
             self._teardown(signal.SIGTERM)
-        return self.killed and self._past_deadline()
+
+    def _done(self) -> bool:
+        waiting = self.live or any(m.group_alive for m in self.members)
+        return not waiting or (self.killed and self._past_deadline())
 
     def _past_deadline(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return self.deadline is not None and self.host.now() >= self.deadline
 
     def _timeout(self) -> float | None:
         timeout = None
         if self.deadline is not None:
-            timeout = max(0.0, self.deadline - time.monotonic())
+            timeout = max(0.0, self.deadline - self.host.now())
         if not self.live:
             timeout = min(timeout if timeout is not None else _GROUP_RECHECK_S, _GROUP_RECHECK_S)
         return timeout
 
-    def _result(self) -> Attempt:
-        results = tuple(_result(r) for r in self.ranks)
-        cause = None
-        if self.cause is not None:
-            cause = results[self.ranks.index(self.cause)]
-        return Attempt(self.index, results, cause, self.interrupted_by)
+    def _attempt(self) -> Attempt:
+        for member in self.members:
+            if member.pid:
+                self.host.drain(member.pid)
+        results = tuple(self._result(m) for m in self.members)
+        cause = results[self.members.index(self.cause)] if self.cause is not None else None
+        return Attempt(self.attempt, results, cause, self.interrupted_by)
 
-
-def _result(rank: _Rank) -> RankResult:
-    e = rank.exit or Exited(rank.pid, None, signal.SIGKILL, time.time())
-    if rank.proc is not None:
-        rank.proc.returncode = -e.signal if e.signal is not None else e.exit_code
-    return RankResult(
-        rank=rank.spec.rank,
-        local_rank=rank.spec.local_rank,
-        pid=rank.pid,
-        started_at=rank.started_at,
-        ended_at=e.at,
-        exit_code=e.exit_code,
-        signal=e.signal,
-        terminated=rank.terminated,
-        error=rank.error,
-        stderr_tail=rank.io.stderr_tail(),
-        error_file=rank.spec.error_file,
-    )
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    def _result(self, member: _Member) -> RankResult:
+        ending = member.ending
+        if ending is None:  # still there after SIGKILL and the wait that follows it
+            ending = Ending(None, None, time.time(), terminated=True)
+        if not member.pid:
+            spec = member.spec
+            return RankResult(spec.rank, spec.local_rank, None, ending.at, ending)
+        return self.host.result(member.pid, ending)

@@ -28,10 +28,10 @@ class Guardian:
         self.pid = pid
         self._fd = write_fd
 
-    def watch(self, pgid: int) -> None:
+    def guard(self, pgid: int) -> None:
         self._send(b"+%d\n" % pgid)
 
-    def forget(self, pgid: int) -> None:
+    def release(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
 
     def _send(self, message: bytes) -> None:

@@ -1,33 +1,52 @@
-"""What happened: each rank's end, each attempt's root cause, and the exit code.
+"""What happened: how each rank ended, each attempt's root cause, and the exit code.
 
 The value types of rankrun are NamedTuples: dataclasses would add 20 ms to every launch.
 """
 
 from __future__ import annotations
 
+import signal as _signal
 from typing import NamedTuple
 
+SIGNAL_MEANINGS = {
+    _signal.SIGKILL: "often the kernel's OOM killer",
+    _signal.SIGSEGV: "a crash in native code",
+    _signal.SIGBUS: "a bad memory access, often a full /dev/shm",
+    _signal.SIGABRT: "an abort, often a failed check in native code",
+    _signal.SIGFPE: "an arithmetic fault in native code",
+    _signal.SIGILL: "an illegal instruction: a binary built for another CPU",
+    _signal.SIGTERM: "asked to stop by someone other than rankrun",
+    _signal.SIGINT: "interrupted",
+    _signal.SIGHUP: "its terminal went away",
+    _signal.SIGPIPE: "it wrote to a closed pipe",
+}
 
-class RankResult(NamedTuple):
-    rank: int
-    local_rank: int
-    pid: int
-    started_at: float
-    ended_at: float
+
+def signal_name(signum: int) -> str:
+    return _signal.Signals(signum).name
+
+
+def signal_text(signum: int) -> str:
+    meaning = SIGNAL_MEANINGS.get(_signal.Signals(signum))
+    return f"{signal_name(signum)} ({meaning})" if meaning else signal_name(signum)
+
+
+class Ending(NamedTuple):
+    """How one rank ended, decided once, where its exit is seen."""
+
     exit_code: int | None
-    """The rank's exit status, or None when a signal ended it."""
+    """The exit status, or None when a signal ended it or it never ended."""
     signal: int | None
-    terminated: bool
+    at: float
+    """Unix time of the exit, as the launcher saw it."""
+    terminated: bool = False
     """The launcher signalled the rank's group before the rank ended."""
     error: str | None = None
-    """The launcher's own word on the rank, such as why it could not start."""
-    stderr_tail: str = ""
-    """The end of the rank's stderr, where rankrun saw it (not when passed straight through)."""
-    error_file: str | None = None
-    """The rank's TORCHELASTIC_ERROR_FILE, which torch's ``@record`` writes on an exception."""
+    """The launcher's own word, such as why the rank could not start."""
 
     @property
     def failed(self) -> bool:
+        """A failure: non-zero or a signal, and not while the launcher was ending it."""
         return not self.terminated and (self.exit_code != 0 or self.signal is not None)
 
     @property
@@ -37,9 +56,56 @@ class RankResult(NamedTuple):
             return 128 + self.signal
         return self.exit_code or 0
 
+    def words(self) -> str:
+        """How it ended, in words: the launcher's error, the signal and meaning, or the code."""
+        if self.error:
+            return self.error
+        if self.signal is not None:
+            return f"was killed by {signal_text(self.signal)}"
+        if self.exit_code is None:
+            return "did not end, even after SIGKILL"
+        return f"exited with code {self.exit_code}"
+
+
+class RankResult(NamedTuple):
+    rank: int
+    local_rank: int
+    pid: int | None
+    """None when the rank never started."""
+    started_at: float
+    ending: Ending
+    stderr_tail: str = ""
+    """The end of the rank's stderr, where rankrun saw it (not when passed straight through)."""
+    error_file: str | None = None
+    """The rank's TORCHELASTIC_ERROR_FILE, which torch's ``@record`` writes on an exception."""
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.ending.exit_code
+
+    @property
+    def signal(self) -> int | None:
+        return self.ending.signal
+
+    @property
+    def ended_at(self) -> float:
+        return self.ending.at
+
+    @property
+    def terminated(self) -> bool:
+        return self.ending.terminated
+
+    @property
+    def failed(self) -> bool:
+        return self.ending.failed
+
+    @property
+    def code(self) -> int:
+        return self.ending.code
+
     @property
     def duration(self) -> float:
-        return self.ended_at - self.started_at
+        return self.ending.at - self.started_at
 
 
 class Attempt(NamedTuple):
@@ -49,14 +115,14 @@ class Attempt(NamedTuple):
     cause: RankResult | None
     """The earliest failure, the root cause; None when no rank failed on its own."""
     interrupted_by: int | None = None
-    """The signal that made the launcher end this attempt, if one did."""
+    """The signal that made the launcher end this attempt, if one came before it ended."""
 
     @property
     def exit_code(self) -> int:
-        if self.cause is not None:
-            return self.cause.code
         if self.interrupted_by is not None:
             return 128 + self.interrupted_by
+        if self.cause is not None:
+            return self.cause.code
         return 0
 
 

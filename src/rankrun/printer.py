@@ -10,6 +10,8 @@ import select
 import time
 from collections.abc import Mapping
 
+from rankrun.streams import STDERR, STDOUT
+
 _COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
 _RESET = b"\x1b[0m"
 
@@ -25,15 +27,16 @@ class Printer:
         events_path: str | None = None,
     ) -> None:
         env = os.environ if env is None else env
-        self.fds = (out_fd, err_fd)
-        self._gone = [False, False]
+        self._fds = {STDOUT: out_fd, STDERR: err_fd}
+        self._gone: set[int] = set()
         self.timestamps = timestamps
-        self._colour = tuple("NO_COLOR" not in env and os.isatty(fd) for fd in self.fds)
+        colour = "NO_COLOR" not in env
+        self._colour = {s: colour and os.isatty(fd) for s, fd in self._fds.items()}
         self._events_path = events_path
         self._events_fd: int | None = None
 
     def label(self, rank: int, stream: int) -> bytes:
-        """The prefix of rank ``rank``'s lines on ``stream`` (0 stdout, 1 stderr)."""
+        """The prefix of rank ``rank``'s lines on ``stream`` (1 stdout, 2 stderr)."""
         text = b"[rank%d]:" % rank
         if self._colour[stream]:
             colour = b"\x1b[%dm" % _COLOURS[rank % len(_COLOURS)]
@@ -49,19 +52,19 @@ class Printer:
         )
 
     def write(self, stream: int, data: bytes) -> None:
-        """Write to stdout (0) or stderr (1); a stream whose reader has gone is dropped.
+        """Write to stdout (1) or stderr (2); a stream whose reader has gone is dropped.
 
         A closed pipe (``rankrun ... | head``) or a hung-up terminal must not end the run.
         """
-        if self._gone[stream]:
+        if stream in self._gone:
             return
         try:
-            write_all(self.fds[stream], data)
+            write_all(self._fds[stream], data)
         except OSError:
-            self._gone[stream] = True
+            self._gone.add(stream)
 
     def event(self, message: str) -> None:
-        self.write(1, self.stamp() + f"rankrun: {message}\n".encode())
+        self.write(STDERR, self.stamp() + f"rankrun: {message}\n".encode())
         if self._events_path is not None:
             if self._events_fd is None:
                 os.makedirs(os.path.dirname(self._events_path), exist_ok=True)

@@ -51,6 +51,10 @@ class Relay:
         self._torch_label = b"[rank%d]: " % rank
         self._pending = b""
 
+    @property
+    def open(self) -> bool:
+        return self.fd >= 0
+
     def read(self) -> bool:
         """Relay one chunk if one is ready; False once the stream has ended."""
         return self._read_once() is not False

@@ -3,44 +3,12 @@
 from __future__ import annotations
 
 import re
-import signal
 
-from rankrun.outcome import Attempt, Outcome, RankResult
+from rankrun.outcome import Attempt, Outcome, RankResult, signal_name
 
-SIGNAL_MEANINGS = {
-    signal.SIGKILL: "often the kernel's OOM killer",
-    signal.SIGSEGV: "a crash in native code",
-    signal.SIGBUS: "a bad memory access, often a full /dev/shm",
-    signal.SIGABRT: "an abort, often a failed check in native code",
-    signal.SIGFPE: "an arithmetic fault in native code",
-    signal.SIGILL: "an illegal instruction: a binary built for another CPU",
-    signal.SIGTERM: "asked to stop by someone other than rankrun",
-    signal.SIGINT: "interrupted",
-    signal.SIGHUP: "its terminal went away",
-    signal.SIGPIPE: "it wrote to a closed pipe",
-}
 _TAIL_LINES = 20
 _MAX_TRACEBACK_LINES = 40
 _TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
-
-
-def signal_text(signum: int) -> str:
-    name = signal.Signals(signum).name
-    meaning = SIGNAL_MEANINGS.get(signal.Signals(signum))
-    return f"{name} ({meaning})" if meaning else name
-
-
-def how_it_ended(result: RankResult) -> str:
-    return ending(result.exit_code, result.signal, result.error)
-
-
-def ending(exit_code: int | None, signum: int | None, error: str | None = None) -> str:
-    """How a rank ended, in words: its launch error, its signal and meaning, or its code."""
-    if error:
-        return error
-    if signum is not None:
-        return f"was killed by {signal_text(signum)}"
-    return f"exited with code {exit_code}"
 
 
 def format_report(outcome: Outcome, host: str) -> list[str]:
@@ -54,24 +22,25 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
         lines.extend(f"  {line}" for line in error_lines(last.cause))
         lines.append(others_line(last))
     elif last.interrupted_by is not None:
-        lines.append(f"stopped: rankrun got {signal.Signals(last.interrupted_by).name}")
+        lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
     if lines:
         lines.append(f"exit code {outcome.exit_code}")
     return lines
 
 
 def root_cause_line(result: RankResult, host: str) -> str:
+    pid = f", pid {result.pid}" if result.pid is not None else ""
     return (
-        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}, "
-        f"pid {result.pid}) {how_it_ended(result)} after {result.duration:.2f} s"
+        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}{pid}) "
+        f"{result.ending.words()} after {result.duration:.2f} s"
     )
 
 
 def attempt_line(attempt: Attempt) -> str:
     if attempt.cause is not None:
-        what = f"rank {attempt.cause.rank} {how_it_ended(attempt.cause)}"
+        what = f"rank {attempt.cause.rank} {attempt.cause.ending.words()}"
     elif attempt.interrupted_by is not None:
-        what = f"rankrun got {signal.Signals(attempt.interrupted_by).name}"
+        what = f"rankrun got {signal_name(attempt.interrupted_by)}"
     else:
         what = "every rank exited 0"
     return f"attempt {attempt.number}: {what}"

@@ -1,11 +1,7 @@
 """Where each rank's stdout and stderr go: the console, a log file, or both.
 
-The layout of ``--log-dir DIR`` is::
-
-    DIR/<run-id>/events.log                         the launcher's own messages
-    DIR/<run-id>/attempt_<k>/rank_<r>/stdout.log    rank r's stdout, byte for byte
-    DIR/<run-id>/attempt_<k>/rank_<r>/stderr.log
-    DIR/<run-id>/attempt_<k>/rank_<r>/error.json    TORCHELASTIC_ERROR_FILE, for torch's @record
+A stream is named by its file descriptor number, as torchrun's -r/-t masks count them:
+1 is stdout, 2 is stderr.
 """
 
 from __future__ import annotations
@@ -15,6 +11,10 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from rankrun.errors import UsageError
+
+STDOUT = 1
+STDERR = 2
+STREAMS = (STDOUT, STDERR)
 
 
 class StreamSpec(NamedTuple):
@@ -26,7 +26,9 @@ class StreamSpec(NamedTuple):
     def mask(self, local_rank: int) -> int:
         return self.per_rank.get(local_rank, self.default)
 
-    def __bool__(self) -> bool:
+    @property
+    def used(self) -> bool:
+        """Whether any local rank has a stream named."""
         return bool(self.default or any(self.per_rank.values()))
 
 
@@ -81,21 +83,29 @@ class Route(NamedTuple):
 
 
 def rank_routes(
-    options: OutputOptions, local_rank: int, world_size: int, rank_dir: str | None
+    options: OutputOptions,
+    local_rank: int,
+    world_size: int,
+    files: Mapping[int, str] | None,
 ) -> tuple[Route, Route]:
+    """The routes of a rank's stdout and stderr; ``files`` are its log files, if any."""
     shown = options.local_ranks_filter is None or local_rank in options.local_ranks_filter
     labelled = options.prefix and world_size > 1
     redirected = options.redirects.mask(local_rank)
-    if options.redirects or options.tee:
+    if options.redirects.used or options.tee.used:
         filed = redirected | options.tee.mask(local_rank)
     else:
-        filed = 3 if rank_dir else 0
-    routes = []
-    for bit, name in ((1, "stdout"), (2, "stderr")):
-        file = os.path.join(rank_dir, f"{name}.log") if rank_dir and filed & bit else None
-        console = shown and not redirected & bit
-        routes.append(Route(console, labelled, options.timestamps, file))
-    return routes[0], routes[1]
+        filed = 3 if files else 0
+    out, err = (
+        Route(
+            console=shown and not redirected & stream,
+            labelled=labelled,
+            stamped=options.timestamps,
+            file=files[stream] if files and filed & stream else None,
+        )
+        for stream in STREAMS
+    )
+    return out, err
 
 
 def check_writable_dir(path: str, flag: str) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any
 
-from rankrun.outcome import Attempt, Outcome, RankResult
+from rankrun.outcome import Attempt, Outcome, RankResult, signal_name
 from rankrun.report import error_lines
 
 
@@ -36,7 +35,7 @@ def _attempt(attempt: Attempt) -> dict[str, Any]:
         "number": attempt.number,
         "exit_code": attempt.exit_code,
         "cause_rank": attempt.cause.rank if attempt.cause else None,
-        "interrupted_by": signal.Signals(interrupted).name if interrupted else None,
+        "interrupted_by": signal_name(interrupted) if interrupted else None,
         "ranks": [_rank(r) for r in attempt.ranks],
     }
 
@@ -50,6 +49,6 @@ def _rank(r: RankResult) -> dict[str, Any]:
         "started_at": r.started_at,
         "ended_at": r.ended_at,
         "exit_code": r.exit_code,
-        "signal": signal.Signals(r.signal).name if r.signal is not None else None,
+        "signal": signal_name(r.signal) if r.signal is not None else None,
         "state": state,
     }

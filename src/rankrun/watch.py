@@ -76,6 +76,10 @@ class Watch:
     def remove_reader(self, fd: int) -> None:
         self._selector.unregister(fd)
 
+    def pause(self) -> None:
+        """Stop this process until SIGCONT, as Ctrl-Z would."""
+        os.kill(os.getpid(), signal.SIGSTOP)
+
     def wait(self, timeout: float | None) -> list[Event]:
         """Block until something happens or ``timeout`` passes; reader callbacks run here."""
         events: list[Event] = []

@@ -1,0 +1,138 @@
+"""The loop's hands on this machine: start ranks, signal their groups, wait for events.
+
+``Gang`` makes every decision and touches the world only through a ``Host``, so tests can
+give it a scripted one and replay histories in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from types import TracebackType
+
+from rankrun.guardian import Guardian
+from rankrun.libc import set_subreaper
+from rankrun.outcome import Ending, RankResult
+from rankrun.plan import RankSpec
+from rankrun.printer import Printer
+from rankrun.rank import Rank
+from rankrun.relay import Relay
+from rankrun.watch import Event, Exited, Watch
+
+
+class Host:
+    """Owns, while entered, the signal handlers, the subreaper and the guardian."""
+
+    def __init__(self, printer: Printer, grace: float, nproc: int) -> None:
+        self._printer, self._grace, self._nproc = printer, grace, nproc
+        self._watch = Watch()
+        self._guardian: Guardian | None = None
+        self._subreaper = False
+        self._ranks: dict[int, Rank] = {}
+
+    def __enter__(self) -> Host:
+        ensure_fd_capacity(self._nproc)
+        self._watch.__enter__()
+        self._subreaper = set_subreaper(True)
+        self._guardian = Guardian(self._grace)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._guardian is not None:
+                self._guardian.close()
+        finally:
+            if self._subreaper:
+                set_subreaper(False)
+            self._watch.__exit__(exc_type, exc, tb)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def spawn(self, spec: RankSpec) -> int:
+        """Start a rank and return its pid; raises SpawnError if its program can't run."""
+        rank = Rank(spec, self._printer)
+        rank.start()
+        assert self._guardian is not None
+        self._guardian.guard(rank.pid)
+        for relay in rank.relays:
+            self._watch.add_reader(relay.fd, functools.partial(self._on_output, relay))
+        self._ranks[rank.pid] = rank
+        return rank.pid
+
+    def _on_output(self, relay: Relay) -> None:
+        if not relay.read():
+            self._end_relay(relay)
+
+    def _end_relay(self, relay: Relay) -> None:
+        if relay.open:
+            self._watch.remove_reader(relay.fd)
+            relay.close()
+
+    def drain(self, pid: int) -> None:
+        """Relay what an ended rank left in its pipes."""
+        for relay in self._ranks[pid].drain():
+            self._end_relay(relay)
+
+    def result(self, pid: int, ending: Ending) -> RankResult:
+        return self._ranks[pid].result(ending)
+
+    def release(self, pid: int) -> None:
+        """Stop relaying a rank's output and close its pipes."""
+        rank = self._ranks.pop(pid)
+        for relay in rank.relays:
+            self._end_relay(relay)
+        rank.close()
+
+    def signal_group(self, pgid: int, signum: int) -> bool:
+        """Signal a rank's process group; False if the group is gone."""
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def group_exists(self, pgid: int) -> bool:
+        return self.signal_group(pgid, 0)
+
+    def group_gone(self, pgid: int) -> None:
+        assert self._guardian is not None
+        self._guardian.release(pgid)
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block until something happens or ``timeout`` passes."""
+        events = self._watch.wait(timeout)
+        guardian = self._guardian.pid if self._guardian else None
+        if any(isinstance(e, Exited) and e.pid == guardian for e in events):
+            self._printer.event(
+                f"the guardian (pid {guardian}) died: if rankrun is killed now, "
+                "its ranks may outlive it"
+            )
+        return events
+
+    def pause(self) -> None:
+        """Stop this process until SIGCONT, as Ctrl-Z would."""
+        self._watch.pause()
+
+
+def ensure_fd_capacity(ranks: int) -> None:
+    """Raise the soft limit on open files if the ranks' pipes could pass it.
+
+    Each rank holds two pipes, and two more ends while it starts; the common soft limit of
+    1024 would stop a labelled run near 500 ranks. The ranks inherit the raised limit.
+    """
+    needed = 4 * ranks + 64
+    if needed <= 256:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))

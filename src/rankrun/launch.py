@@ -1,0 +1,65 @@
+"""``launch()``: plan the run, supervise its attempts, report how it ended."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from rankrun.gang import run_attempts
+from rankrun.host import Host
+from rankrun.options import Options
+from rankrun.outcome import Outcome
+from rankrun.plan import Plan, build_plan, usable_cores
+from rankrun.printer import Printer
+
+
+def launch(
+    script: str,
+    args: Sequence[str] = (),
+    options: Options | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Run ``script`` with ``args`` as a gang of ranks and return each rank's outcome.
+
+    ``env`` replaces ``os.environ`` as the ranks' base environment. Raises UsageError for
+    bad input, before anything is spawned. Call it from the main thread: it handles SIGINT,
+    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGCONT and SIGCHLD while it runs, and
+    restores the previous handlers when it returns.
+    """
+    options = options or Options()
+    plan = build_plan(script, args, options, env)
+    events = plan.layout.events if plan.layout is not None else None
+    printer = Printer(timestamps=options.timestamps, events_path=events)
+    try:
+        _announce(plan, printer)
+        with Host(printer, plan.shutdown_timeout, plan.nproc_per_node) as host:
+            outcome = run_attempts(plan, host, printer)
+        _conclude(outcome, plan, options, printer)
+        return outcome
+    finally:
+        printer.close()
+
+
+def _announce(plan: Plan, printer: Printer) -> None:
+    if plan.layout is not None:
+        printer.event(f"logs in {plan.layout.root}")
+    if plan.omp_num_threads is not None:
+        printer.event(
+            f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cores()} "
+            f"usable cores / {plan.nproc_per_node} local ranks); set it to choose another"
+        )
+
+
+def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) -> None:
+    if outcome.ok and len(outcome.attempts) == 1 and options.summary_json is None:
+        return
+    from rankrun.report import format_report
+
+    host = os.uname().nodename
+    for line in format_report(outcome, host):
+        printer.event(line)
+    if options.summary_json is not None:
+        from rankrun.summary import write_summary
+
+        write_summary(options.summary_json, outcome, host, plan.run_id)

@@ -1,0 +1,183 @@
+"""The gang's decisions at their seam: scripted histories, a fake clock, no processes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+
+import pytest
+
+from rankrun.gang import Gang, run_attempts
+from rankrun.options import Options
+from rankrun.outcome import Ending, RankResult
+from rankrun.plan import RankSpec, build_plan
+from rankrun.rank import SpawnError
+from rankrun.watch import Event, Exited, Signalled
+
+TERM, KILL, INT = signal.SIGTERM, signal.SIGKILL, signal.SIGINT
+
+
+class Events:
+    """Printer stand-in: the gang's own messages, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def event(self, message: str) -> None:
+        self.lines.append(message)
+
+
+class ScriptedHost:
+    """A host whose waits return scripted batches of events and move a fake clock.
+
+    ``script`` maps each wait to (seconds it takes, the events it returns). A group lives
+    until its rank's exit is scripted, unless ``lingering`` names it.
+    """
+
+    def __init__(self, script: Sequence[tuple[float, list[Event]]], spawn_fails: int = -1):
+        self.script = list(script)
+        self.clock = 1000.0
+        self.spawned: list[int] = []
+        self.signals: list[tuple[int, int]] = []
+        self.exited: set[int] = set()
+        self.lingering: set[int] = set()
+        self.paused = 0
+        self._spawn_fails = spawn_fails
+
+    def now(self) -> float:
+        return self.clock
+
+    def spawn(self, spec: RankSpec) -> int:
+        if spec.local_rank == self._spawn_fails:
+            error = "could not start ./x: Permission denied"
+            raise SpawnError(Ending(126, None, self.clock, error=error))
+        pid = 100 + spec.local_rank
+        self.spawned.append(pid)
+        return pid
+
+    def drain(self, pid: int) -> None:
+        pass
+
+    def release(self, pid: int) -> None:
+        pass
+
+    def result(self, pid: int, ending: Ending) -> RankResult:
+        return RankResult(pid - 100, pid - 100, pid, 0.0, ending)
+
+    def signal_group(self, pgid: int, signum: int) -> bool:
+        if pgid in self.exited and pgid not in self.lingering:
+            return False
+        if signum:
+            self.signals.append((pgid, signum))
+        return True
+
+    def group_exists(self, pgid: int) -> bool:
+        return self.signal_group(pgid, 0)
+
+    def group_gone(self, pgid: int) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        if not self.script:
+            assert timeout is not None, "the gang would wait for ever on a finished script"
+            self.clock += timeout
+            return []
+        seconds, events = self.script.pop(0)
+        assert timeout is None or seconds <= timeout, f"scripted {seconds} s past {timeout} s"
+        self.clock += seconds
+        self.exited.update(e.pid for e in events if isinstance(e, Exited))
+        return events
+
+    def pause(self) -> None:
+        self.paused += 1
+
+
+def exit_(pid: int, code: int | None = 0, sig: int | None = None) -> Exited:
+    return Exited(pid, code, sig, 0.0)
+
+
+def plan(ranks: int, **options: object) -> object:
+    return build_plan("/bin/true", (), Options(nproc_per_node=ranks, master_port=0, **options))  # type: ignore[arg-type]
+
+
+def supervise(host: ScriptedHost, ranks: int = 3, **options: object) -> tuple[object, Events]:
+    events = Events()
+    attempt = Gang(plan(ranks, **options), 0, host, events).supervise()  # type: ignore[arg-type]
+    return attempt, events
+
+
+def test_first_failure_terminates_the_others_and_is_the_cause() -> None:
+    host = ScriptedHost([(1.0, [exit_(101, 3)]), (0.1, [exit_(100, None, TERM), exit_(102, 0)])])
+    attempt, events = supervise(host)
+    assert attempt.cause.rank == 1 and attempt.exit_code == 3
+    assert host.signals == [(100, TERM), (102, TERM)]
+    assert [r.terminated for r in attempt.ranks] == [True, False, True]
+    assert events.lines[0] == "rank 1 exited with code 3"
+
+
+def test_a_rank_failing_during_the_teardown_is_not_the_cause() -> None:
+    host = ScriptedHost([(1.0, [exit_(102, None, signal.SIGSEGV)]), (0.1, [exit_(100, 7)]),
+                         (0.1, [exit_(101, None, TERM)])])  # fmt: skip
+    attempt, _ = supervise(host)
+    assert attempt.cause.rank == 2
+    assert attempt.exit_code == 128 + signal.SIGSEGV
+
+
+def test_grace_ends_in_sigkill_and_a_rank_that_never_ends_is_said_so() -> None:
+    host = ScriptedHost([(0.5, [exit_(100, 1)])])
+    attempt, events = supervise(host, ranks=2, shutdown_timeout=5.0)
+    assert host.signals == [(101, TERM), (101, KILL)]
+    assert host.clock >= 1000.5 + 5.0
+    assert attempt.ranks[1].ending.words() == "did not end, even after SIGKILL"
+    assert "sent SIGKILL to 1 rank group(s)" in events.lines
+
+
+def test_second_ctrl_c_during_the_teardown_kills_at_once() -> None:
+    host = ScriptedHost([(0.5, [Signalled(INT)]), (0.2, [Signalled(INT)]),
+                         (0.01, [exit_(100, None, KILL), exit_(101, None, KILL)])])  # fmt: skip
+    attempt, events = supervise(host, ranks=2)
+    assert host.signals == [(100, INT), (101, INT), (100, KILL), (101, KILL)]
+    assert host.clock < 1001, "no grace period was waited"
+    assert attempt.exit_code == 128 + INT and attempt.cause is None
+    assert "got SIGINT again" in events.lines
+
+
+def test_a_rank_that_cannot_start_ends_the_ones_that_did() -> None:
+    host = ScriptedHost([(0.1, [exit_(100, None, TERM)])], spawn_fails=1)
+    attempt, _ = supervise(host, ranks=3)
+    assert host.spawned == [100], "nothing is started after the failure"
+    assert host.signals == [(100, TERM)]
+    assert attempt.cause.rank == 1 and attempt.cause.pid is None
+    assert attempt.exit_code == 126
+
+
+def test_sigusr1_is_forwarded_and_ends_nothing() -> None:
+    host = ScriptedHost([(1.0, [Signalled(signal.SIGUSR1)]), (1.0, [exit_(100), exit_(101)])])
+    attempt, _ = supervise(host, ranks=2)
+    assert host.signals == [(100, signal.SIGUSR1), (101, signal.SIGUSR1)]
+    assert attempt.exit_code == 0
+
+
+def test_ctrl_z_stops_the_groups_then_the_launcher_and_fg_resumes_them() -> None:
+    host = ScriptedHost([(0.1, [Signalled(signal.SIGTSTP)]), (5.0, [Signalled(signal.SIGCONT)]),
+                         (0.1, [exit_(100)])])  # fmt: skip
+    supervise(host, ranks=1)
+    assert host.signals == [(100, signal.SIGSTOP), (100, signal.SIGCONT)]
+    assert host.paused == 1
+
+
+def test_a_helper_left_by_a_rank_that_exited_0_is_ended() -> None:
+    host = ScriptedHost([(0.1, [exit_(100)])])
+    host.lingering.add(100)
+    attempt, events = supervise(host, ranks=1, shutdown_timeout=1.0)
+    assert "rank(s) 0 left processes behind" in events.lines
+    assert (100, TERM) in host.signals and attempt.exit_code == 0
+
+
+@pytest.mark.parametrize("restarts, expected", [(0, 1), (2, 3)])
+def test_restarts_run_the_gang_again_until_they_run_out(restarts: int, expected: int) -> None:
+    batches = [(0.1, [exit_(100, 4)])] * expected
+    host = ScriptedHost(batches)
+    outcome = run_attempts(plan(1, max_restarts=restarts), host, Events())  # type: ignore[arg-type]
+    assert [a.number for a in outcome.attempts] == list(range(expected))
+    assert outcome.exit_code == 4
