@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from rankrun.errors import UsageError
 from rankrun.launch import launch
 from rankrun.options import Options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _DEFAULTS = Options._field_defaults
 

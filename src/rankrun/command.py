@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +32,8 @@ def _program(name: str) -> str:
         if not (os.path.isfile(name) and os.access(name, os.X_OK)):
             raise UsageError(f"{name} is not an executable file: check the path or chmod +x it")
         return name
+    import shutil  # only here: it costs milliseconds of every launch
+
     if shutil.which(name) is None:
         raise UsageError(f"{name} is not found on PATH: give its full path")
     return name

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
+
+from rankrun.values import NamedTuple
 
 STREAM_FILES = {1: "stdout.log", 2: "stderr.log"}
 

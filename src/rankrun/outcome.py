@@ -6,7 +6,8 @@ The value types of rankrun are NamedTuples: dataclasses would add 20 ms to every
 from __future__ import annotations
 
 import signal as _signal
-from typing import NamedTuple
+
+from rankrun.values import NamedTuple
 
 SIGNAL_MEANINGS = {
     _signal.SIGKILL: "often the kernel's OOM killer",

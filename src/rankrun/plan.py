@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from rankrun.command import resolve_command
 from rankrun.errors import UsageError
@@ -24,6 +23,7 @@ from rankrun.streams import (
     parse_stream_spec,
     rank_routes,
 )
+from rankrun.values import NamedTuple
 
 
 class RankSpec(NamedTuple):

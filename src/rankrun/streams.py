@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from rankrun.errors import UsageError
+from rankrun.values import NamedTuple
 
 STDOUT = 1
 STDERR = 2

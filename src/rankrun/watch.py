@@ -13,7 +13,8 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import NamedTuple
+
+from rankrun.values import NamedTuple
 
 TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
