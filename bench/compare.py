@@ -330,8 +330,12 @@ def compile_bytecode() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced set, under a minute")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write")
+    parser.add_argument(
+        "--results", type=Path, help="where to write (default: results/, or results/quick/)"
+    )
     args = parser.parse_args()
+    if args.results is None:  # a quick run never overwrites the committed full results
+        args.results = RESULTS / "quick" if args.quick else RESULTS
     if args.quick:
         sizes, repeats, lines, failure_rounds = [1, 8], 3, 20000, 1
     else:
@@ -352,7 +356,7 @@ def main() -> None:
         "bare loop; leftovers are counted once per case, one second after it.",
         "", table(rows, sizes, lines, absent),
     ])  # fmt: skip
-    args.results.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "latest.md").write_text(text + "\n")
     (args.results / "latest.json").write_text(json.dumps(
         {"machine": info, "quick": args.quick, "sizes": sizes, "lines": lines, "rows": rows,
