@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -24,6 +25,13 @@ def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
     assert [r.terminated for r in ranks] == [True, True, False]
     assert [r.signal for r in ranks] == [signal.SIGTERM, signal.SIGTERM, None]
     assert all(r.pid > 0 and r.ended_at >= r.started_at for r in ranks)
+
+
+def test_launch_leaves_the_caller_no_child_to_reap(runs: Runs) -> None:
+    script = runs.script("rank.sh", "sleep 0.1 &\nexit 0\n")
+    assert rankrun.launch(str(script), (), rankrun.Options(master_port=0), env=runs.env).ok
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_launch_restores_the_callers_signal_handlers(runs: Runs) -> None:

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import BLOCKING_RANK, Runs, wait_gone
+from conftest import BLOCKING_RANK, Runs, tagged_pids, wait_gone
 
 FAILING_RANK = """
     #!/bin/bash
@@ -226,24 +226,17 @@ def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> N
 def test_a_dead_guardian_does_not_break_the_run(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
     launcher = runs.start_gang(2, "./rank.sh")
-    ranks = {int(f.read_text().split()[0]) for f in runs.wait_for_files("pids.*", 2)}
-    children = _children(launcher.pid) - ranks
-    assert len(children) == 1, f"expected the guardian beside the ranks: {children}"
-    os.kill(children.pop(), signal.SIGKILL)
+    ours = {int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()}
+    guardian = set(tagged_pids(runs.tag)) - ours - {launcher.pid}
+    assert len(guardian) == 1, f"expected the guardian beside the ranks: {guardian}"
+    assert os.getsid(guardian_pid := guardian.pop()) == guardian_pid, "in a session of its own"
+    os.kill(guardian_pid, signal.SIGKILL)
     time.sleep(0.2)
     launcher.send_signal(signal.SIGTERM)
     _, err = launcher.communicate(timeout=20)
     assert launcher.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err
     assert "guardian" in err
-
-
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found.update(int(p) for p in f.read().split())
-    return found
 
 
 def test_ctrl_z_pauses_every_rank_and_fg_resumes_them(runs: Runs) -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from rankrun.errors import UsageError
-from rankrun.launch import launch
+from rankrun.launcher import launch
 from rankrun.options import Options
 from rankrun.outcome import Attempt, Ending, Outcome, RankResult
 from rankrun.plan import Plan, RankSpec

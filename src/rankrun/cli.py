@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from rankrun.errors import UsageError
-from rankrun.launch import launch
+from rankrun.launcher import launch
 from rankrun.options import Options
 
 TYPE_CHECKING = False
@@ -22,11 +23,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see rankrun --help)")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without shutil.
+
+    argparse makes a formatter for every flag it defines, and sizes each through shutil,
+    whose import cost 3 ms of every launch.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(1).columns
+    except OSError:
+        return 80
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="rankrun",
         description="Launch a gang of training ranks that live and die together.",
         allow_abbrev=False,
+        formatter_class=_Formatter,
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--nnodes", type=_nnodes, help="number of nodes (N or N:N)")

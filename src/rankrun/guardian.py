@@ -5,6 +5,11 @@ pipe whose only writer is the launcher. The launcher names each rank's group on 
 as it spawns it and again once the group is gone. When the launcher dies in any way,
 SIGKILL included, the pipe reaches EOF, and the guardian sends SIGTERM to each group
 still named, then SIGKILL to what is left after the grace period.
+
+The guardian is forked twice, so that it is not the launcher's child: the launcher never
+waits for it to exit (that wait cost 3 ms of every run), and a library caller is left no
+child to reap. The launcher learns of its death through a second pipe, its lifeline,
+whose only writer is the guardian.
 """
 
 from __future__ import annotations
@@ -16,17 +21,27 @@ import time
 
 class Guardian:
     def __init__(self, grace: float) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
+        groups_r, groups_w = os.pipe()
+        lifeline_r, lifeline_w = os.pipe()
+        middle = os.fork()
+        if middle == 0:
             try:
-                os.close(write_fd)
-                _become_guardian(read_fd, grace)
+                os.close(groups_w)
+                os.close(lifeline_r)
+                pid = os.fork()
+                if pid == 0:
+                    _become_guardian(groups_r, lifeline_w, grace)
+                else:
+                    os.write(lifeline_w, b"%d\n" % pid)
             finally:
                 os._exit(0)
-        os.close(read_fd)
-        self.pid = pid
-        self._fd = write_fd
+        os.close(groups_r)
+        os.close(lifeline_w)
+        os.waitpid(middle, 0)
+        self.pid = int(os.read(lifeline_r, 32))
+        self.lifeline = lifeline_r
+        """Readable, at EOF, once the guardian has died."""
+        self._fd = groups_w
 
     def guard(self, pgid: int) -> None:
         self._send(b"+%d\n" % pgid)
@@ -43,23 +58,24 @@ class Guardian:
     def close(self) -> None:
         """Stop guarding; groups still named are ended as if the launcher had died."""
         os.close(self._fd)
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass  # the gang's reaper took it already
+        os.close(self.lifeline)
 
 
-def _become_guardian(read_fd: int, grace: float) -> None:
+def _become_guardian(read_fd: int, lifeline: int, grace: float) -> None:
     os.setsid()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    os.closerange(3, read_fd)
-    os.closerange(read_fd + 1, 1 << 16)
+    low = 3
+    for keep in sorted((read_fd, lifeline)):
+        os.closerange(low, keep)
+        low = keep + 1
+    os.closerange(low, 1 << 16)
     _end_groups(_read_groups(read_fd), grace)
 
 

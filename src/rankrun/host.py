@@ -18,7 +18,7 @@ from rankrun.plan import RankSpec
 from rankrun.printer import Printer
 from rankrun.rank import Rank
 from rankrun.relay import Relay
-from rankrun.watch import Event, Exited, Watch
+from rankrun.watch import Event, Watch
 
 
 class Host:
@@ -34,8 +34,10 @@ class Host:
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
         self._watch.__enter__()
-        self._subreaper = set_subreaper(True)
+        # Forked first, so that it is adopted by init and not by the launcher as subreaper.
         self._guardian = Guardian(self._grace)
+        self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
+        self._subreaper = set_subreaper(True)
         return self
 
     def __exit__(
@@ -46,6 +48,7 @@ class Host:
     ) -> None:
         try:
             if self._guardian is not None:
+                self._watch.remove_reader(self._guardian.lifeline)
                 self._guardian.close()
         finally:
             if self._subreaper:
@@ -107,14 +110,15 @@ class Host:
 
     def wait(self, timeout: float | None) -> list[Event]:
         """Block until something happens or ``timeout`` passes."""
-        events = self._watch.wait(timeout)
-        guardian = self._guardian.pid if self._guardian else None
-        if any(isinstance(e, Exited) and e.pid == guardian for e in events):
-            self._printer.event(
-                f"the guardian (pid {guardian}) died: if rankrun is killed now, "
-                "its ranks may outlive it"
-            )
-        return events
+        return self._watch.wait(timeout)
+
+    def _guardian_died(self) -> None:
+        assert self._guardian is not None
+        self._watch.remove_reader(self._guardian.lifeline)
+        self._printer.event(
+            f"the guardian (pid {self._guardian.pid}) died: if rankrun is killed now, "
+            "its ranks may outlive it"
+        )
 
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would."""

@@ -75,7 +75,8 @@ class Watch:
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
     def remove_reader(self, fd: int) -> None:
-        self._selector.unregister(fd)
+        if fd in self._selector.get_map():
+            self._selector.unregister(fd)
 
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would."""
