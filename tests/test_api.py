@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Runs
 
 import rankrun
-from rankrun import cli
+from rankrun import cli, launcher
 
 
 def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
@@ -34,6 +36,14 @@ def test_launch_leaves_the_caller_no_child_to_reap(runs: Runs) -> None:
         os.waitpid(-1, os.WNOHANG)
 
 
+def test_launch_leaves_the_callers_own_children_to_the_caller(runs: Runs) -> None:
+    mine = subprocess.Popen(["sh", "-c", "exit 3"])
+    time.sleep(0.2)  # it has ended, unreaped, before launch() starts
+    script = runs.script("rank.sh", "exit 0\n")
+    assert rankrun.launch(str(script), (), rankrun.Options(master_port=0), env=runs.env).ok
+    assert mine.wait(timeout=5) == 3
+
+
 def test_launch_restores_the_callers_signal_handlers(runs: Runs) -> None:
     script = runs.script("rank.sh", "exit 0\n")
     before = signal.getsignal(signal.SIGTERM)
@@ -53,7 +63,7 @@ def test_cli_passes_every_option_to_launch(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append(args)
         return rankrun.Outcome(attempts=(rankrun.Attempt(0, (), None),))
 
-    monkeypatch.setattr(cli, "launch", fake_launch)
+    monkeypatch.setattr(launcher, "launch", fake_launch)
     code = cli.main(
         ["--nnodes", "2", "--node-rank", "1", "--nproc_per_node", "4", "--master_addr", "h",
          "--master-port", "1234", "--max-restarts", "2", "--shutdown-timeout", "3",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
 import time
 
 import pytest
@@ -152,6 +153,21 @@ def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
     launcher.communicate(timeout=10)
     assert wait_gone(runs.tag, timeout=3 + 5) == []
     assert all(not _alive(pid) for pid in started)
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_sigkill_of_a_launcher_started_without_stdio_leaves_nothing(
+    runs: Runs, closed: str
+) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    argv = runs.argv("--nproc-per-node", "2", "--master-port", "0", "./rank.sh")
+    fd = 1 if closed == "stdout" else 2
+    launcher = subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, pass_fds=(),
+                                preexec_fn=lambda: os.close(fd))  # fmt: skip
+    runs.wait_for_files("pids.*", 2)
+    launcher.kill()
+    launcher.wait(timeout=10)
+    assert wait_gone(runs.tag, timeout=5) == []
 
 
 def test_sigusr1_is_forwarded_and_tears_nothing_down(runs: Runs) -> None:

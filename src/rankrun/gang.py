@@ -109,9 +109,12 @@ class Gang:
             # (background jobs of a shell ignore SIGINT): ask it to stop the standard way.
             for member in exited:
                 self._signal_group(member, signal.SIGTERM)
-        for e in events:
-            if isinstance(e, Signalled):
-                self._on_signal(e.signum)
+        signals = [e.signum for e in events if isinstance(e, Signalled)]
+        for i, signum in enumerate(signals):
+            if signum == signal.SIGTSTP and signal.SIGCONT in signals[i:]:
+                self._signal_groups(signal.SIGSTOP)  # and fg's SIGCONT, next, resumes them
+            else:
+                self._on_signal(signum)
         if self._past_deadline() and not self.killed:
             self._kill()
 

@@ -68,15 +68,26 @@ def _become_guardian(read_fd: int, lifeline: int, grace: float) -> None:
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    keep = [_above_stdio(fd) for fd in (read_fd, lifeline)]
+    read_fd = keep[0]
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     low = 3
-    for keep in sorted((read_fd, lifeline)):
-        os.closerange(low, keep)
-        low = keep + 1
+    for keep_fd in sorted(keep):
+        os.closerange(low, keep_fd)
+        low = keep_fd + 1
     os.closerange(low, 1 << 16)
     _end_groups(_read_groups(read_fd), grace)
+
+
+def _above_stdio(fd: int) -> int:
+    """A pipe may land on fd 0-2 when the launcher was started with them closed."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
 
 
 def _read_groups(fd: int) -> set[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 from types import TracebackType
 
@@ -17,6 +18,7 @@ from rankrun.outcome import Ending, RankResult
 from rankrun.plan import RankSpec
 from rankrun.printer import Printer
 from rankrun.rank import Rank
+from rankrun.reaper import Reaper
 from rankrun.relay import Relay
 from rankrun.watch import Event, Watch
 
@@ -34,6 +36,7 @@ class Host:
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
         self._watch.__enter__()
+        self._reaper = Reaper()
         # Forked first, so that it is adopted by init and not by the launcher as subreaper.
         self._guardian = Guardian(self._grace)
         self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
@@ -109,8 +112,12 @@ class Host:
         self._guardian.release(pgid)
 
     def wait(self, timeout: float | None) -> list[Event]:
-        """Block until something happens or ``timeout`` passes."""
-        return self._watch.wait(timeout)
+        """Block until something happens or ``timeout`` passes; exits come first."""
+        signals = self._watch.wait(timeout)
+        if not signals or signals[0].signum != signal.SIGCHLD:
+            return list(signals)
+        exits: list[Event] = list(self._reaper.reap())
+        return exits + signals[1:]
 
     def _guardian_died(self) -> None:
         assert self._guardian is not None
@@ -123,6 +130,10 @@ class Host:
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would."""
         self._watch.pause()
+
+    def raise_on_terminating(self) -> None:
+        """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
+        self._watch.raise_on_terminating()
 
 
 def ensure_fd_capacity(ranks: int) -> None:

@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from rankrun.gang import run_attempts
 from rankrun.host import Host
 from rankrun.options import Options
-from rankrun.outcome import Outcome
+from rankrun.outcome import Outcome, signal_name
 from rankrun.plan import Plan, build_plan, usable_cores
 from rankrun.printer import Printer
+from rankrun.watch import Interrupted
 
 
 def launch(
@@ -31,14 +32,23 @@ def launch(
     plan = build_plan(script, args, options, env)
     events = plan.layout.events if plan.layout is not None else None
     printer = Printer(timestamps=options.timestamps, events_path=events)
+    outcome = None
     try:
         _announce(plan, printer)
         with Host(printer, plan.shutdown_timeout, plan.nproc_per_node) as host:
             outcome = run_attempts(plan, host, printer)
-        _conclude(outcome, plan, options, printer)
-        return outcome
+            host.raise_on_terminating()
+            _conclude(outcome, plan, options, printer)
+    except Interrupted as e:
+        if outcome is None:
+            raise
+        printer.event(
+            f"got {signal_name(e.signum)} after the ranks had ended: stopped the report; "
+            f"the exit code stays {outcome.exit_code}"
+        )
     finally:
         printer.close()
+    return outcome
 
 
 def _announce(plan: Plan, printer: Printer) -> None:

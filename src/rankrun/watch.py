@@ -1,8 +1,7 @@
-"""One selector for everything the gang waits on: child exits, signals and output.
+"""One selector for everything the gang waits on: signals, SIGCHLD included, and output.
 
-Signals, SIGCHLD included, reach the selector through ``signal.set_wakeup_fd``; a SIGCHLD
-makes the watch reap every child that has ended, so an exit is seen the moment it happens
-and never through polling or the EOF of an output pipe.
+Signals reach the selector through ``signal.set_wakeup_fd``, so a child's exit is seen the
+moment it happens (its SIGCHLD), never through polling or the EOF of an output pipe.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import os
 import selectors
 import signal
-import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
@@ -40,6 +38,18 @@ def _wake(signum: int, frame: FrameType | None) -> None:
     """The C-level handler has already written ``signum`` to the wakeup fd."""
 
 
+class Interrupted(BaseException):
+    """A terminating signal arrived where the launcher can only stop what it is doing."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
 class Watch:
     """Installs the launcher's signal handlers for the duration of a ``with`` block."""
 
@@ -50,6 +60,8 @@ class Watch:
             os.set_blocking(fd, False)
         self._old_handlers: dict[int, object] = {}
         self._old_wakeup = -1
+        self._pending = bytearray()
+        """Signal numbers read from the wakeup fd but not yet handed out."""
 
     def __enter__(self) -> Watch:
         self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
@@ -79,21 +91,48 @@ class Watch:
             self._selector.unregister(fd)
 
     def pause(self) -> None:
-        """Stop this process until SIGCONT, as Ctrl-Z would."""
-        os.kill(os.getpid(), signal.SIGSTOP)
+        """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already.
 
-    def wait(self, timeout: float | None) -> list[Event]:
-        """Block until something happens or ``timeout`` passes; reader callbacks run here."""
-        events: list[Event] = []
+        A SIGCONT sent before the stop takes effect would be lost, and the job left stopped.
+        So the stop is made pending first (SIGTSTP, blocked), the wakeup fd is checked for a
+        SIGCONT that came since, and only then is the stop let through. A SIGCONT that comes
+        after the check discards the pending stop itself, as the kernel does.
+        """
+        tstp = {signal.SIGTSTP}
+        signal.pthread_sigmask(signal.SIG_BLOCK, tstp)
+        handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signal.SIGTSTP)
+            self._read_signals()
+            if signal.SIGCONT in self._pending:
+                signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # discards the pending stop
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, tstp)  # stops here until SIGCONT
+            signal.signal(signal.SIGTSTP, handler)
+        self._read_signals()
+        if signal.SIGCONT not in self._pending:
+            # Not stopped: the kernel discards SIGTSTP in an orphaned process group.
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def wait(self, timeout: float | None) -> list[Signalled]:
+        """Block until something happens or ``timeout`` passes; reader callbacks run here.
+
+        Returns the signals that arrived, in order, SIGCHLD at most once.
+        """
+        if self._pending:
+            timeout = 0
         for key, _ in self._selector.select(timeout):
-            if key.fd == self._wakeup_r:
-                events.extend(self._drain_signals())
-            else:
+            if key.fd != self._wakeup_r:
                 key.data()
-        return events
+        self._read_signals()
+        signums, self._pending = bytes(self._pending), bytearray()
+        chld = signal.SIGCHLD in signums
+        events = [Signalled(s) for s in signums if s != signal.SIGCHLD]
+        return [Signalled(signal.SIGCHLD)] + events if chld else events
 
-    def _drain_signals(self) -> list[Event]:
-        signums = bytearray()
+    def _read_signals(self) -> bytes:
+        """Move what the wakeup fd holds to the pending signals; return what was read."""
+        read = bytearray()
         while True:
             try:
                 chunk = os.read(self._wakeup_r, 512)
@@ -101,27 +140,11 @@ class Watch:
                 break
             if not chunk:
                 break
-            signums += chunk
-        events: list[Event] = []
-        if signal.SIGCHLD in signums:
-            events.extend(reap())
-        events.extend(Signalled(s) for s in signums if s != signal.SIGCHLD)
-        return events
+            read += chunk
+        self._pending += read
+        return bytes(read)
 
-
-def reap() -> list[Exited]:
-    """Reap every ended child of this process, ranks and adopted orphans alike."""
-    exits = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        now = time.time()
-        if os.WIFSIGNALED(status):
-            exits.append(Exited(pid, None, os.WTERMSIG(status), now))
-        else:
-            exits.append(Exited(pid, os.WEXITSTATUS(status), None, now))
-    return exits
+    def raise_on_terminating(self) -> None:
+        """From now on a terminating signal raises Interrupted, to break a blocked write."""
+        for signum in TERMINATING:
+            signal.signal(signum, interrupt)

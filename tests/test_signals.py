@@ -1,0 +1,102 @@
+"""Signals have no gaps: from rankrun's first instruction to the last byte of its report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import BLOCKING_RANK, Runs
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Runs) -> None:
+    fifo = runs.workdir / "summary.json"
+    os.mkfifo(fifo)  # no reader: writing the summary blocks after the report
+    runs.script("rank.sh", "exit 3\n")
+    log = runs.workdir / "stderr.log"
+    with open(log, "w") as err:
+        argv = runs.argv("--nproc-per-node", "2", "--master-port", "0",
+                         "--summary-json", str(fifo), "./rank.sh")  # fmt: skip
+        launcher = subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, stderr=err)
+    deadline = time.monotonic() + 20
+    while "exit code 3" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert launcher.poll() is None, "blocked on the summary, as the test intends"
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=10) == 3
+    assert "got SIGTERM after the ranks had ended" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_ctrl_z_then_fg_at_any_gap_leaves_the_job_running(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start_gang(4, "./rank.sh")
+    pids = [int(f.read_text().split()[0]) for f in runs.wait_for_files("pids.*", 4)]
+    stuck = []
+    for i in range(40):
+        launcher.send_signal(signal.SIGTSTP)
+        end = time.perf_counter() + (i % 8) * 0.0001  # 0 to 0.7 ms
+        while time.perf_counter() < end:
+            pass
+        launcher.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+        states = [_state(launcher.pid), *(_state(pid) for pid in pids)]
+        if "T" in states:
+            stuck.append((i, states))
+            launcher.send_signal(signal.SIGCONT)
+    launcher.send_signal(signal.SIGTERM)
+    launcher.communicate(timeout=20)
+    assert not stuck, f"stopped after the last SIGCONT: {stuck}"
+
+
+def test_ctrl_c_before_anything_is_spawned_is_one_line_and_130(runs: Runs) -> None:
+    # A FIFO that nobody writes holds rankrun in its plan, before any rank exists.
+    fifo = runs.workdir / "hold"
+    os.mkfifo(fifo)
+    runs.script("rank.sh", "touch started.$RANK\n")
+    code = (
+        "import sys, rankrun.launcher as L\n"
+        "plan = L.build_plan\n"
+        f"L.build_plan = lambda *a: (open({str(fifo)!r}).read(), plan(*a))[1]\n"
+        "from rankrun.cli import main\n"
+        "sys.exit(main(['--master-port', '0', './rank.sh']))\n"
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", code], env=runs.env, cwd=runs.workdir,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_blocked_on(launcher.pid, fifo)
+    launcher.send_signal(signal.SIGINT)
+    out, err = launcher.communicate(timeout=10)
+    assert launcher.returncode == 128 + signal.SIGINT
+    assert err.splitlines() == ["rankrun: stopped by SIGINT"]
+    assert not list(runs.workdir.glob("started.*"))
+
+
+def _wait_blocked_on(pid: int, path: Path) -> None:
+    deadline = time.monotonic() + 20
+    while not _opening(pid, path):
+        assert time.monotonic() < deadline, "never reached the FIFO"
+        time.sleep(0.02)
+
+
+def _opening(pid: int, path: Path) -> bool:
+    """Whether the process sleeps in open() (a FIFO's open blocks for a writer)."""
+    if _state(pid) != "S":
+        return False
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in ("2", "257")  # open, openat
