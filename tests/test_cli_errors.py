@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from collections.abc import Iterator
 
@@ -29,12 +31,33 @@ CASES = {
     "bad_nnodes": (["--nnodes", "two"], "invalid --nnodes"),
     "port_too_big": (["--master_port", "70000"], "outside 0..65535"),
     "port_not_a_number": (["--master_port", "abc"], "invalid int value"),
-    "procs_not_a_number": (["--nproc-per-node", "auto"], "invalid int value"),
+    "procs_not_a_number": (["--nproc-per-node", "many"], "give a number, or auto, cpu, gpu"),
+    "procs_gpu_without_gpus": (["--nproc-per-node", "gpu"], "--nproc-per-node gpu"),
+    "procs_past_the_open_files_limit": (["--nproc-per-node", "100000"], "open files"),
+    "grace_infinite": (["--shutdown-timeout", "inf"], "--shutdown-timeout inf is outside"),
+    "grace_too_long": (["--shutdown-timeout", "1e7"], "is outside 0..86400 seconds"),
+    "module_and_no_python": (["-m", "--no-python"], "contradict each other"),
+    "filter_no_such_rank": (
+        ["--nproc-per-node", "2", "--local-ranks-filter", "9"],
+        "local rank 9 does not exist with 2 rank(s)",
+    ),
+    "redirect_no_such_rank": (["--nproc-per-node", "2", "-r", "5:3"], "local rank 5 does not"),
+    "empty_master_addr": (["--master-addr", ""], "--master-addr is empty"),
+    "unknown_master_addr": (["--master-addr", "no-such-host.invalid"], "no such host"),
+    "run_id_climbs_out": (["--run-id", "../x"], "--run-id '../x'"),
+    "run_id_absolute": (["--run-id", "/tmp/x"], "--run-id '/tmp/x'"),
+    "log_dir_not_utf8": (["--log-dir", "logs\udcff"], "is not valid UTF-8"),
+    "summary_is_a_directory": (["--summary-json", "."], "is a directory"),
+    "summary_in_no_directory": (["--summary-json", "nodir/s.json"], "nodir does not exist"),
+    "etcd_backend": (["--rdzv-backend", "etcd"], "invalid choice"),
+    "endpoint_port": (["--rdzv-endpoint", "host:abc"], "give HOST:PORT"),
+    "rdzv_conf": (["--rdzv-conf", "join_timeout"], "give key=value pairs"),
     "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master-port 0 needs one"),
-    "negative_grace": (["--shutdown-timeout", "-1"], "--shutdown-timeout must be 0 or more"),
+    "negative_grace": (["--shutdown-timeout", "-1"], "--shutdown-timeout -1 is outside"),
     "negative_restarts": (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
     "standalone_multinode": (["--standalone", "--nnodes", "2"], "--standalone runs one node"),
-    "unknown_flag": (["--nproc_per_nod", "2"], "unrecognized arguments"),
+    "unknown_flag": (["--nproc-per-nodes", "2"], "unrecognized arguments"),
+    "ambiguous_abbreviation": (["--no", "2"], "ambiguous option"),
 }
 
 
@@ -60,6 +83,10 @@ def test_port_in_use_suggests_port_0(runs: Runs, listening_port: int) -> None:
         ("noshebang.run", "echo hi\n", True, "has no #! line"),
         ("badinterp.sh", "#!/no/such/shell\necho hi\n", False, "not an executable file"),
         ("adir", "", True, "is a directory"),
+        ("fifo", None, False, "is not a regular file"),
+        ("/dev/null", None, False, "is not a regular file"),
+        ("empty.sh", "", True, "is empty"),
+        ("program", None, False, "is a program without its run bit"),
     ],
 )
 def test_scripts_that_cannot_run(
@@ -67,6 +94,11 @@ def test_scripts_that_cannot_run(
 ) -> None:
     if name == "adir":
         (runs.workdir / name).mkdir()
+    elif name == "fifo":
+        os.mkfifo(runs.workdir / name)  # reading it for a #! line would block for ever
+    elif name == "program":
+        shutil.copy("/bin/true", runs.workdir / name)
+        (runs.workdir / name).chmod(0o644)
     elif body is not None:
         path = runs.workdir / name
         path.write_text(body)
@@ -82,6 +114,20 @@ def test_missing_script_argument(runs: Runs) -> None:
     _assert_usage_error(runs, ["--nproc_per_node", "2"], "training_script")
 
 
+def test_run_id_naming_a_file_in_the_log_dir(runs: Runs) -> None:
+    (runs.workdir / "logs").mkdir()
+    (runs.workdir / "logs" / "exp").write_text("not a directory")
+    runs.script("rank.sh", MARKING_RANK)
+    args = ["--log-dir", "logs", "--run-id", "exp", "./rank.sh"]
+    _assert_usage_error(runs, args, "exists and is not a directory")
+
+
+def test_pet_value_that_does_not_parse_names_the_variable(runs: Runs) -> None:
+    runs.script("rank.sh", MARKING_RANK)
+    runs.env["PET_NPROC_PER_NODE"] = "lots"
+    _assert_usage_error(runs, ["./rank.sh"], "PET_NPROC_PER_NODE='lots' in the environment")
+
+
 def _assert_usage_error(runs: Runs, args: list[str], message: str) -> None:
     result = runs.run(*args)
     assert result.returncode == 2
@@ -91,3 +137,14 @@ def _assert_usage_error(runs: Runs, args: list[str], message: str) -> None:
     assert lines[0].startswith("rankrun: error: ")
     assert message in lines[0]
     assert not list(runs.workdir.glob("ran.*")), "a rank ran despite the bad input"
+
+
+def test_port_held_only_over_ipv6_counts_as_in_use(runs: Runs) -> None:
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::1", 0))
+        s.listen()
+        runs.script("rank.sh", MARKING_RANK)
+        _assert_usage_error(
+            runs, ["--master-port", str(s.getsockname()[1]), "./rank.sh"], "already in use"
+        )

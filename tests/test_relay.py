@@ -14,8 +14,8 @@ class FakePrinter:
     def __init__(self) -> None:
         self.writes: list[tuple[int, bytes]] = []
 
-    def label(self, rank: int, stream: int) -> bytes:
-        return b"[rank%d]: " % rank
+    def label(self, label: str, rank: int, stream: int) -> bytes:
+        return label.encode() + b" "
 
     def stamp(self) -> bytes:
         return b""
@@ -39,8 +39,8 @@ def pipe() -> Iterator[tuple[int, int]]:
 
 
 def _relay(read_fd: int, printer: FakePrinter, tail: Tail | None = None) -> Relay:
-    return Relay(read_fd, printer, 1, rank=3, console=True, labelled=True, file_fd=None,
-                 tail=tail)  # type: ignore[arg-type]  # fmt: skip
+    return Relay(read_fd, printer, 1, rank=3, label="[rank3]:", console=True,  # type: ignore[arg-type]
+                 labelled=True, file_fd=None, tail=tail)  # fmt: skip
 
 
 def test_a_half_line_waits_for_its_end_and_the_last_is_flushed(pipe: tuple[int, int]) -> None:

@@ -41,7 +41,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from rankrun.flags import parse
 
     try:
-        command = parse(argv)
+        command = parse(argv, os.environ)
         outcome = launcher.launch(command.script, command.args, command.options)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -16,10 +17,13 @@ def resolve_command(
 ) -> tuple[str, ...]:
     """Return the argv for ``script`` and its ``args``, or raise UsageError.
 
-    An executable file runs directly, as the seed launcher does; a file that lost its run
-    bit runs through its ``#!`` interpreter; a ``.py`` file without a way to run directly
-    runs as ``python -u``; ``module`` runs ``python -u -m``; ``no_python`` runs as given.
+    A ``.py`` file runs as ``python -u`` with the Python that runs rankrun, as torchrun
+    runs it, whatever its ``#!`` line says. Anything else that is executable runs directly,
+    as the seed launcher does; a file that lost its run bit runs through its ``#!``
+    interpreter; ``module`` runs ``python -u -m``; ``no_python`` runs as given.
     """
+    if module and no_python:
+        raise UsageError("-m and --no-python contradict each other: drop one of them")
     if module:
         return (sys.executable, "-u", "-m", script, *args)
     if no_python:
@@ -40,26 +44,38 @@ def _program(name: str) -> str:
 
 
 def _script_prefix(path: str) -> tuple[str, ...]:
-    if not os.path.exists(path):
-        raise UsageError(f"training script {path} does not exist: check the path")
-    if os.path.isdir(path):
-        raise UsageError(f"{path} is a directory: name a script inside it, or use -m for a module")
+    _check_regular_file(path)
+    if path.endswith(".py"):
+        return (sys.executable, "-u", path)
     head = _first_line(path)
     executable = os.access(path, os.X_OK)
     direct = path if os.sep in path else os.path.join(os.curdir, path)
     if head.startswith(b"#!"):
         interpreter = _shebang(path, head)
         return (direct,) if executable else (*interpreter, path)
-    if executable and head.startswith(_ELF_MAGIC):
-        return (direct,)
-    if path.endswith(".py"):
-        return (sys.executable, "-u", path)
+    if head.startswith(_ELF_MAGIC):
+        if executable:
+            return (direct,)
+        raise UsageError(f"{path} is a program without its run bit: chmod +x {path}")
+    if not head:
+        raise UsageError(f"{path} is empty: name the script that trains")
     if executable:
         raise UsageError(f"{path} has no #! line, so it cannot run: add one, such as #!/bin/bash")
     raise UsageError(
         f"{path} is not executable and has no #! line: chmod +x it, add a #! line, "
         f"or name its interpreter with --no-python (rankrun --no-python bash {path})"
     )
+
+
+def _check_regular_file(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise UsageError(f"training script {path} does not exist: check the path") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is a directory: name a script inside it, or use -m for a module")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path} is not a regular file (a FIFO or a device): name a script")
 
 
 def _first_line(path: str) -> bytes:

@@ -1,10 +1,16 @@
-"""The command line: the seed launcher's flags and torchrun's, parsed into ``Options``."""
+"""The command line: the seed launcher's flags and torchrun's, parsed into ``Options``.
+
+Flags are spelled with dashes, as torchrun spells them; the seed's underscores are accepted,
+and so is any unambiguous abbreviation. Every flag may also come from ``PET_<FLAG>`` in the
+environment, as torchrun reads it (a Kubernetes PyTorchJob configures torchrun that way);
+a flag on the command line wins.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rankrun.errors import UsageError
 from rankrun.options import Options
@@ -15,6 +21,46 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _DEFAULTS = Options._field_defaults
+_NPROC_WORDS = ("auto", "cpu", "gpu", "xpu")
+_IGNORED = "accepted for torchrun and ignored: "
+
+
+class Command(NamedTuple):
+    script: str
+    args: list[str]
+    options: Options
+
+
+def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Command:
+    """The command line as a script, its arguments and every setting; raises UsageError."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = vars(args)
+    for action in parser._actions:
+        if action.dest in _DEFAULTS and action.dest not in given:
+            _from_environment(action, env, given)
+    options = Options(**{n: v for n, v in given.items() if n in _DEFAULTS})
+    return Command(args.training_script, args.training_script_args, options)
+
+
+def _from_environment(
+    action: argparse.Action, env: Mapping[str, str], given: dict[str, object]
+) -> None:
+    for flag in action.option_strings:
+        name = "PET_" + flag.lstrip("-").upper().replace("-", "_")
+        if name in env:
+            given[action.dest] = _convert(action, name, env[name])
+            return
+
+
+def _convert(action: argparse.Action, name: str, value: str) -> object:
+    try:
+        if action.nargs == 0:  # a switch: torchrun reads 1 or 0
+            return bool(int(value)) == bool(action.const)
+        return action.type(value) if callable(action.type) else value
+    except (ValueError, argparse.ArgumentTypeError, UsageError) as e:
+        reason = e or "not a valid value"
+        raise UsageError(f"{name}={value!r} in the environment: {reason}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,92 +90,29 @@ def _columns() -> int:
         return 80
 
 
+def _add(group: argparse._ActionsContainer, *names: str, **kw: object) -> None:
+    """Add a flag under its dashed names and, after them, the same names with underscores."""
+    underscored = [n.replace("-", "_").replace("__", "--", 1) for n in names if "-" in n[2:]]
+    group.add_argument(*names, *underscored, **kw)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from rankrun import __version__
+
     p = _Parser(
         prog="rankrun",
         description="Launch a gang of training ranks that live and die together.",
-        allow_abbrev=False,
+        epilog="Every flag may also be set as PET_<FLAG>, as torchrun reads it; "
+        "the command line wins.",
         formatter_class=_Formatter,
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--nnodes", type=_nnodes, help="number of nodes (N or N:N)")
-    p.add_argument("--node_rank", "--node-rank", type=int, help="this node's rank")
-    p.add_argument("--nproc_per_node", "--nproc-per-node", type=int, help="ranks on this node")
-    p.add_argument("--master_addr", "--master-addr", help="rank 0's host")
-    p.add_argument(
-        "--master_port",
-        "--master-port",
-        type=int,
-        help="rank 0's port; 0 picks a free one (one node only)",
-    )
-    p.add_argument("--standalone", action="store_true", help="one node on a free port")
-    p.add_argument(
-        "--max_restarts",
-        "--max-restarts",
-        type=int,
-        help="restart the whole gang up to N times after a failure",
-    )
-    p.add_argument(
-        "--shutdown_timeout",
-        "--shutdown-timeout",
-        type=float,
-        help="seconds between SIGTERM and SIGKILL when tearing down",
-    )
-    p.add_argument(
-        "--monitor_interval",
-        "--monitor-interval",
-        type=float,
-        help="accepted for torchrun compatibility and ignored: rankrun reacts to events",
-    )
-    p.add_argument("--no_python", "--no-python", action="store_true", help="run as given")
-    p.add_argument("-m", "--module", action="store_true", help="run a module: python -u -m")
-    p.add_argument("--run_id", "--run-id", "--rdzv_id", "--rdzv-id", help="TORCHELASTIC_RUN_ID")
-    p.add_argument("--role", help="ROLE_NAME of the ranks")
-    p.add_argument(
-        "--use_env",
-        "--use-env",
-        action="store_true",
-        help="accepted for torch.distributed.launch compatibility: the env is always set",
-    )
-    out = p.add_argument_group("output")
-    out.add_argument(
-        "--no_prefix",
-        "--no-prefix",
-        dest="prefix",
-        action="store_false",
-        help="pass the ranks' output through untouched, without [rankN]: labels",
-    )
-    out.add_argument(
-        "--local_ranks_filter",
-        "--local-ranks-filter",
-        metavar="RANKS",
-        help="show only these local ranks on the console, such as 0,3",
-    )
-    out.add_argument("--timestamps", action="store_true", help="add wall-clock time to lines")
-    out.add_argument(
-        "--log_dir",
-        "--log-dir",
-        metavar="DIR",
-        help="also write each rank's stdout and stderr to DIR/<run-id>/attempt_<k>/rank_<r>/",
-    )
-    out.add_argument(
-        "-r",
-        "--redirects",
-        metavar="SPEC",
-        help="send streams to the log files only: 1 stdout, 2 stderr, 3 both, or 0:1,1:2",
-    )
-    out.add_argument(
-        "-t",
-        "--tee",
-        metavar="SPEC",
-        help="send streams to the log files and the console, with -r's syntax",
-    )
-    out.add_argument(
-        "--summary_json",
-        "--summary-json",
-        metavar="PATH",
-        help="write each rank's outcome and the root cause as JSON",
-    )
+    p.add_argument("--version", action="version", version=f"rankrun {__version__}")
+    _add_job_flags(p)
+    _add_rendezvous_flags(p.add_argument_group("nodes"))
+    _add_script_flags(p.add_argument_group("how each rank runs"))
+    _add_output_flags(p.add_argument_group("output"))
+    _add_ignored_flags(p.add_argument_group("accepted for torchrun, without effect"))
     p.add_argument("training_script", help="the script or program each rank runs")
     p.add_argument(
         "training_script_args", nargs=argparse.REMAINDER, default=[], help="its arguments"
@@ -138,11 +121,147 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_job_flags(p: argparse._ActionsContainer) -> None:
+    _add(
+        p,
+        "--nproc-per-node",
+        type=_nproc,
+        metavar="N",
+        help="ranks on this node: a number, or auto, cpu, gpu (the GPUs this node has)",
+    )
+    _add(p, "--nnodes", type=_nnodes, help="number of nodes (N, or torchrun's N:N)")
+    _add(p, "--node-rank", type=int, help="this node's rank, 0 to nnodes-1")
+    _add(p, "--master-addr", help="node 0's host")
+    _add(p, "--master-port", type=int, help="node 0's port; 0 picks a free one (one node only)")
+    _add(p, "--standalone", action="store_true", help="one node, on a free port")
+    _add(p, "--max-restarts", type=int, help="restart the whole job up to N times after a failure")
+    _add(
+        p,
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL when tearing down",
+    )
+    _add(p, "--run-id", "--rdzv-id", help="the job's id: TORCHELASTIC_RUN_ID, log directory")
+    _add(p, "--role", help="ROLE_NAME of the ranks")  # fmt: skip
+
+
+def _add_rendezvous_flags(g: argparse._ActionsContainer) -> None:
+    _add(
+        g,
+        "--rdzv-backend",
+        choices=("static", "c10d"),
+        help="c10d or static: either way node 0's rankrun hosts the job's store",
+    )
+    _add(
+        g,
+        "--rdzv-endpoint",
+        metavar="HOST[:PORT]",
+        help="where node 0 listens; overrides --master-addr and --master-port",
+    )
+    _add(g, "--rdzv-conf", metavar="KEY=VALUE,...", help="torchrun's; rankrun reads join_timeout")
+    _add(
+        g,
+        "--rdzv-timeout",
+        dest="join_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a node waits for the others to join",
+    )
+    _add(
+        g,
+        "--node-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a node silent this long is lost, and ends the job",
+    )
+    _add(g, "--local-addr", help="this node's address as the others reach it")  # fmt: skip
+
+
+def _add_script_flags(g: argparse._ActionsContainer) -> None:
+    _add(g, "--no-python", action="store_true", help="run the command as given")
+    _add(g, "-m", "--module", action="store_true", help="run a module: python -u -m")
+    _add(
+        g,
+        "--local-rank-arg",
+        action="store_true",
+        help="also pass --local_rank=N to each rank, as torch.distributed.launch did",
+    )
+    _add(g, "--use-env", action="store_true",
+         help="the old launcher's: LOCAL_RANK only in the environment")  # fmt: skip
+
+
+def _add_output_flags(g: argparse._ActionsContainer) -> None:
+    _add(
+        g,
+        "--no-prefix",
+        dest="prefix",
+        action="store_false",
+        help="pass the ranks' output through untouched, without [rankN]: labels",
+    )
+    _add(
+        g,
+        "--log-line-prefix-template",
+        metavar="TEMPLATE",
+        help="the label, from ${role_name}, ${rank} and ${local_rank} "
+        "(also TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE)",
+    )
+    _add(
+        g,
+        "--local-ranks-filter",
+        metavar="RANKS",
+        help="show only these local ranks on the console, such as 0,3",
+    )
+    _add(g, "--timestamps", action="store_true", help="add wall-clock time to each line")
+    _add(
+        g,
+        "--log-dir",
+        metavar="DIR",
+        help="also write each rank's stdout and stderr to DIR/<run-id>/attempt_<k>/rank_<r>/",
+    )
+    _add(
+        g,
+        "-r",
+        "--redirects",
+        metavar="SPEC",
+        help="send streams to the log files only: 1 stdout, 2 stderr, 3 both, or 0:1,1:2",
+    )
+    _add(
+        g,
+        "-t",
+        "--tee",
+        metavar="SPEC",
+        help="send streams to the log files and the console, with -r's syntax",
+    )
+    _add(g, "--summary-json", metavar="PATH",
+         help="write each rank's outcome and the root cause as JSON")  # fmt: skip
+
+
+def _add_ignored_flags(g: argparse._ActionsContainer) -> None:
+    _add(g, "--monitor-interval", type=float, help=_IGNORED + "rankrun reacts to events")
+    _add(
+        g,
+        "--start-method",
+        choices=("spawn", "fork", "forkserver"),
+        help=_IGNORED + "each rank is a fresh process",
+    )
+    _add(g, "--run-path", action="store_true", help=_IGNORED + "a .py script runs as python -u")
+    for flag in (
+        "--event-log-handler",
+        "--duplicate-stdout-filters",
+        "--duplicate-stderr-filters",
+        "--logs-specs",
+        "--signals-to-handle",
+    ):
+        _add(g, flag, help=_IGNORED[:-2])
+    _add(g, "--virtual-local-rank", action="store_true", help=_IGNORED[:-2])  # fmt: skip
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Append each setting's default, read from ``Options``, to its help."""
     for action in parser._actions:
         value = _DEFAULTS.get(action.dest)
-        if action.help and value is not None and not isinstance(value, bool):
+        if action.help and value not in (None, "") and not isinstance(value, bool):
             action.help += f" (default: {value})"
 
 
@@ -157,14 +276,12 @@ def _nnodes(value: str) -> int:
     return n
 
 
-class Command(NamedTuple):
-    script: str
-    args: list[str]
-    options: Options
-
-
-def parse(argv: Sequence[str] | None) -> Command:
-    """The command line as a script, its arguments and every setting; raises UsageError."""
-    args = build_parser().parse_args(argv)
-    options = Options(**{n: v for n, v in vars(args).items() if n in _DEFAULTS})
-    return Command(args.training_script, args.training_script_args, options)
+def _nproc(value: str) -> int | str:
+    if value in _NPROC_WORDS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid --nproc-per-node {value!r}: give a number, or auto, cpu, gpu or xpu"
+        ) from None

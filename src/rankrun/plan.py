@@ -10,20 +10,26 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
+from rankrun.checks import (
+    MAX_SHUTDOWN_TIMEOUT,
+    check,
+    check_host,
+    check_limits,
+    check_log_root,
+    check_new_file,
+    check_run_id,
+    check_seconds,
+)
 from rankrun.command import resolve_command
 from rankrun.errors import UsageError
-from rankrun.layout import Layout, default_log_dir
+from rankrun.guardian import TOKEN_VAR
+from rankrun.layout import Layout
 from rankrun.options import Options
-from rankrun.streams import (
-    STREAMS,
-    OutputOptions,
-    Route,
-    check_writable_dir,
-    parse_ranks_filter,
-    parse_stream_spec,
-    rank_routes,
-)
+from rankrun.rendezvous import Rendezvous, rendezvous
+from rankrun.streams import STREAMS, OutputOptions, Route, output_options, rank_routes
 from rankrun.values import NamedTuple
+
+LOCAL_RANK_MACRO = "${local_rank}"
 
 
 class RankSpec(NamedTuple):
@@ -33,16 +39,20 @@ class RankSpec(NamedTuple):
     env: Mapping[str, str]
     stdout: Route
     stderr: Route
-    error_file: str | None = None
+    error_file: str | None
+    label: str
+    """The prefix of the rank's lines, without colour: ``[rank3]:`` by default."""
 
 
 class Plan(NamedTuple):
-    argv: tuple[str, ...]
+    command: tuple[str, ...]
+    """What runs the script: ``(python, -u, train.py)``, ``(./config.sh,)``."""
+    args: tuple[str, ...]
+    """The script's own arguments."""
     nproc_per_node: int
     nnodes: int
     node_rank: int
-    master_addr: str
-    master_port: int
+    rendezvous: Rendezvous
     run_id: str
     role: str
     max_restarts: int
@@ -52,6 +62,19 @@ class Plan(NamedTuple):
     output: OutputOptions
     layout: Layout | None
     """Where the log files go, or None without a log directory."""
+    local_rank_arg: bool = False
+    token: str = ""
+    """Carried by every process of the run, so that what escapes its group can be found."""
+    error_dir: str | None = None
+    """Without a log directory: the run's own directory for each rank's error.json."""
+
+    @property
+    def master_addr(self) -> str:
+        return self.rendezvous.master_addr
+
+    @property
+    def master_port(self) -> int:
+        return self.rendezvous.master_port
 
     @property
     def world_size(self) -> int:
@@ -66,11 +89,22 @@ class Plan(NamedTuple):
         if self.layout is not None:
             files = {s: self.layout.stream_file(attempt, rank, s) for s in STREAMS}
             error_file = self.layout.error_file(attempt, rank)
+        elif self.error_dir is not None:
+            error_file = os.path.join(self.error_dir, f"error_{attempt}_{rank}.json")
         stdout, stderr = rank_routes(self.output, local_rank, self.world_size, files)
         env = self._env(rank, local_rank, attempt)
         if error_file is not None:
             env["TORCHELASTIC_ERROR_FILE"] = error_file
-        return RankSpec(rank, local_rank, self.argv, env, stdout, stderr, error_file)
+        label = self.output.label(rank=rank, local_rank=local_rank, role_name=self.role)
+        argv = self._argv(local_rank)
+        return RankSpec(rank, local_rank, argv, env, stdout, stderr, error_file, label)
+
+    def _argv(self, local_rank: int) -> tuple[str, ...]:
+        """torchrun's ``${local_rank}`` in the arguments, and the old launcher's flag."""
+        args = tuple(a.replace(LOCAL_RANK_MACRO, str(local_rank)) for a in self.args)
+        if self.local_rank_arg:
+            args = (f"--local_rank={local_rank}", *args)
+        return (*self.command, *args)
 
     def _env(self, rank: int, local_rank: int, attempt: int) -> dict[str, str]:
         """The environment of one rank: the caller's, plus the launch contract."""
@@ -91,6 +125,7 @@ class Plan(NamedTuple):
             TORCHELASTIC_MAX_RESTARTS=str(self.max_restarts),
             TORCHELASTIC_RUN_ID=self.run_id,
         )
+        env[TOKEN_VAR] = self.token
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.omp_num_threads is not None:
@@ -116,78 +151,65 @@ def build_plan(
     script: str, args: Sequence[str], o: Options, env: Mapping[str, str] | None = None
 ) -> Plan:
     """Validate the options and build the plan, or raise UsageError. Spawns nothing."""
-    _check(o.nnodes >= 1, f"--nnodes must be at least 1, not {o.nnodes}")
-    _check(o.nproc_per_node >= 1, f"--nproc-per-node must be at least 1, not {o.nproc_per_node}")
-    _check(
-        0 <= o.node_rank < o.nnodes,
-        f"--node-rank {o.node_rank} is outside [0, {o.nnodes}) for --nnodes {o.nnodes}: "
-        f"number the nodes 0 to {o.nnodes - 1}",
-    )
-    _check(0 <= o.master_port <= 65535, f"--master-port {o.master_port} is outside 0..65535")
-    _check(o.max_restarts >= 0, f"--max-restarts must be 0 or more, not {o.max_restarts}")
-    _check(
-        o.shutdown_timeout >= 0, f"--shutdown-timeout must be 0 or more, not {o.shutdown_timeout}"
-    )
-    _check(not (o.standalone and o.nnodes != 1), "--standalone runs one node: drop one of them")
     base_env = dict(os.environ if env is None else env)
-    output = _output_options(o, base_env)
-    if o.summary_json is not None:
-        check_writable_dir(os.path.dirname(o.summary_json) or ".", "--summary-json")
-    argv = resolve_command(script, args, module=o.module, no_python=o.no_python)
-    master_port = _choose_port(0 if o.standalone else o.master_port, o.nnodes)
+    _check_numbers(o)
+    nproc = _nproc(o.nproc_per_node, base_env)
+    check_limits(nproc)
+    meeting = rendezvous(o)
+    check_host(meeting.master_addr, "--master-addr")
     run_id = o.run_id or _new_run_id()
+    check_run_id(run_id)
+    output = output_options(o, nproc, base_env)
+    layout = Layout(os.path.join(output.log_dir, run_id)) if output.log_dir else None
+    if layout is not None:
+        check_log_root(layout.root)
+    if o.summary_json is not None:
+        check_new_file(o.summary_json, "--summary-json")
+    command = resolve_command(script, (), module=o.module, no_python=o.no_python)
     return Plan(
-        argv=argv,
-        nproc_per_node=o.nproc_per_node,
+        command=command,
+        args=tuple(args),
+        nproc_per_node=nproc,
         nnodes=o.nnodes,
         node_rank=o.node_rank,
-        master_addr=o.master_addr,
-        master_port=master_port,
+        rendezvous=meeting.with_port_chosen(o.standalone),
         run_id=run_id,
         role=o.role,
         max_restarts=o.max_restarts,
         shutdown_timeout=o.shutdown_timeout,
-        omp_num_threads=omp_threads_for(base_env, o.nproc_per_node),
+        omp_num_threads=omp_threads_for(base_env, nproc),
         base_env=base_env,
         output=output,
-        layout=Layout(os.path.join(output.log_dir, run_id)) if output.log_dir else None,
+        layout=layout,
+        local_rank_arg=o.local_rank_arg and not o.use_env,
+        token=os.urandom(8).hex(),
     )
 
 
-def _output_options(o: Options, env: Mapping[str, str]) -> OutputOptions:
-    redirects = parse_stream_spec(o.redirects, "--redirects")
-    tee = parse_stream_spec(o.tee, "--tee")
-    log_dir = o.log_dir
-    if log_dir is None and (redirects.used or tee.used):
-        log_dir = default_log_dir(env)
-    if log_dir is not None:
-        check_writable_dir(log_dir, "--log-dir")
-    ranks_filter = None
-    if o.local_ranks_filter is not None:
-        ranks_filter = parse_ranks_filter(o.local_ranks_filter)
-    return OutputOptions(o.prefix, ranks_filter, o.timestamps, log_dir, redirects, tee)
-
-
-def _choose_port(port: int, nnodes: int) -> int:
-    if nnodes > 1:
-        _check(port != 0, "--master-port 0 needs one node: give every node the same fixed port")
-        return port
-    from rankrun.ports import free_port, port_in_use  # socket: only for these checks
-
-    if port == 0:
-        return free_port()
-    _check(
-        not port_in_use(port),
-        f"--master-port {port} is already in use on this host, perhaps by a stale run: "
-        "end it, or pass --master-port 0 to pick a free port",
+def _check_numbers(o: Options) -> None:
+    check(o.nnodes >= 1, f"--nnodes must be at least 1, not {o.nnodes}")
+    check(
+        0 <= o.node_rank < o.nnodes,
+        f"--node-rank {o.node_rank} is outside [0, {o.nnodes}) for --nnodes {o.nnodes}: "
+        f"number the nodes 0 to {o.nnodes - 1}",
     )
-    return port
+    check(0 <= o.master_port <= 65535, f"--master-port {o.master_port} is outside 0..65535")
+    check(o.max_restarts >= 0, f"--max-restarts must be 0 or more, not {o.max_restarts}")
+    check_seconds(o.shutdown_timeout, "--shutdown-timeout", low=0, high=MAX_SHUTDOWN_TIMEOUT)
+    check(not (o.standalone and o.nnodes != 1), "--standalone runs one node: drop one of them")
+
+
+def _nproc(value: int | str, env: Mapping[str, str]) -> int:
+    if isinstance(value, str):
+        from rankrun.topology import nproc_auto
+
+        try:
+            value = nproc_auto(value, env)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    check(value >= 1, f"--nproc-per-node must be at least 1, not {value}")
+    return value
 
 
 def _new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise UsageError(message)

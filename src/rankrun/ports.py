@@ -21,14 +21,25 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
-    """Whether something listens on ``port``; a port left in TIME_WAIT counts as free.
+    """Whether something listens on ``port``, over IPv4 or IPv6; TIME_WAIT counts as free.
 
     torch's TCPStore binds with SO_REUSEADDR, so TIME_WAIT does not stop it either.
     """
-    s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    return _bind_fails(_socket.AF_INET, "0.0.0.0", port) or _bind_fails(
+        _socket.AF_INET6, "::", port
+    )
+
+
+def _bind_fails(family: int, address: str, port: int) -> bool:
+    try:
+        s = _socket.socket(family, _socket.SOCK_STREAM)
+    except OSError:
+        return False  # no IPv6 here: nothing can hold the port over it
     try:
         s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        s.bind(("", port))
+        if family == _socket.AF_INET6:
+            s.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+        s.bind((address, port))
     except OSError:
         return True
     finally:

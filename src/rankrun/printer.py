@@ -35,9 +35,9 @@ class Printer:
         self._events_path = events_path
         self._events_fd: int | None = None
 
-    def label(self, rank: int, stream: int) -> bytes:
+    def label(self, label: str, rank: int, stream: int) -> bytes:
         """The prefix of rank ``rank``'s lines on ``stream`` (1 stdout, 2 stderr)."""
-        text = b"[rank%d]:" % rank
+        text = label.encode()
         if self._colour[stream]:
             colour = b"\x1b[%dm" % _COLOURS[rank % len(_COLOURS)]
             text = colour + text + _RESET

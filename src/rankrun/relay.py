@@ -40,6 +40,7 @@ class Relay:
         stream: int,
         *,
         rank: int,
+        label: str,
         console: bool,
         labelled: bool,
         file_fd: int | None,
@@ -49,8 +50,9 @@ class Relay:
         self.fd = fd
         self._printer, self._stream = printer, stream
         self._console, self._file_fd, self._tail = console, file_fd, tail
-        self._label = printer.label(rank, stream) if labelled else b""
-        self._torch_label = b"[rank%d]: " % rank
+        self._label = printer.label(label, rank, stream) if labelled else b""
+        torch_label = b"[rank%d]: " % rank
+        self._torch_label = torch_label if label.encode() + b" " == torch_label else None
         self._pending = b""
 
     @property
@@ -113,8 +115,9 @@ class Relay:
         if not label:
             return lines + b"\n"
         out = b"".join((label, lines.replace(b"\n", b"\n" + label), b"\n"))
-        if self._label and b"[" in lines and self._torch_label in lines:
-            out = out.replace(label + self._torch_label, label)
+        torch_label = self._torch_label
+        if torch_label and self._label and b"[" in lines and torch_label in lines:
+            out = out.replace(label + torch_label, label)
         return out
 
     def close(self) -> None:

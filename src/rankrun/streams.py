@@ -6,10 +6,12 @@ A stream is named by its file descriptor number, as torchrun's -r/-t masks count
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+from rankrun.checks import check_utf8, check_writable_dir
 from rankrun.errors import UsageError
+from rankrun.layout import default_log_dir
+from rankrun.options import Options
 from rankrun.values import NamedTuple
 
 STDOUT = 1
@@ -32,16 +34,18 @@ class StreamSpec(NamedTuple):
         return bool(self.default or any(self.per_rank.values()))
 
 
-def parse_stream_spec(value: str, flag: str) -> StreamSpec:
+def parse_stream_spec(value: str, flag: str, nproc: int) -> StreamSpec:
     try:
         if ":" not in value:
             return StreamSpec(_mask(int(value)))
         pairs = (item.split(":") for item in value.split(","))
-        return StreamSpec(0, {int(rank): _mask(int(mask)) for rank, mask in pairs})
+        spec = StreamSpec(0, {int(rank): _mask(int(mask)) for rank, mask in pairs})
     except ValueError:
         raise UsageError(
             f"{flag} {value!r}: give 0-3 (1 stdout, 2 stderr, 3 both) or pairs such as 0:1,1:2"
         ) from None
+    _check_local_ranks(spec.per_rank, flag, value, nproc)
+    return spec
 
 
 def _mask(value: int) -> int:
@@ -50,13 +54,24 @@ def _mask(value: int) -> int:
     return value
 
 
-def parse_ranks_filter(value: str) -> frozenset[int]:
+def parse_ranks_filter(value: str, nproc: int) -> frozenset[int]:
     try:
-        return frozenset(int(v) for v in value.split(","))
+        ranks = frozenset(int(v) for v in value.split(","))
     except ValueError:
         raise UsageError(
             f"--local-ranks-filter {value!r}: give local ranks separated by commas, such as 0,3"
         ) from None
+    _check_local_ranks(ranks, "--local-ranks-filter", value, nproc)
+    return ranks
+
+
+def _check_local_ranks(ranks: Iterable[int], flag: str, value: str, nproc: int) -> None:
+    outside = sorted(r for r in ranks if not 0 <= r < nproc)
+    if outside:
+        raise UsageError(
+            f"{flag} {value}: local rank {outside[0]} does not exist with {nproc} rank(s) "
+            f"on this node; use 0 to {nproc - 1}"
+        )
 
 
 class OutputOptions(NamedTuple):
@@ -66,6 +81,33 @@ class OutputOptions(NamedTuple):
     log_dir: str | None = None
     redirects: StreamSpec = StreamSpec()
     tee: StreamSpec = StreamSpec()
+    label_template: str | None = None
+
+    def label(self, *, rank: int, local_rank: int, role_name: str) -> str:
+        """A rank's label: torch's ``[rankN]:``, or the template's."""
+        if self.label_template is None:
+            return f"[rank{rank}]:"
+        from string import Template
+
+        values = {"rank": rank, "local_rank": local_rank, "role_name": role_name}
+        return Template(self.label_template).safe_substitute(values)
+
+
+def output_options(o: Options, nproc: int, env: Mapping[str, str]) -> OutputOptions:
+    """Check the output settings against ``nproc`` local ranks, and gather them."""
+    redirects = parse_stream_spec(o.redirects, "--redirects", nproc)
+    tee = parse_stream_spec(o.tee, "--tee", nproc)
+    log_dir = o.log_dir
+    if log_dir is None and (redirects.used or tee.used):
+        log_dir = default_log_dir(env)
+    if log_dir is not None:
+        check_utf8(log_dir, "--log-dir")
+        check_writable_dir(log_dir, "--log-dir")
+    ranks_filter = None
+    if o.local_ranks_filter is not None:
+        ranks_filter = parse_ranks_filter(o.local_ranks_filter, nproc)
+    template = o.log_line_prefix_template or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE")
+    return OutputOptions(o.prefix, ranks_filter, o.timestamps, log_dir, redirects, tee, template)
 
 
 class Route(NamedTuple):
@@ -106,12 +148,3 @@ def rank_routes(
         for stream in STREAMS
     )
     return out, err
-
-
-def check_writable_dir(path: str, flag: str) -> None:
-    """Fail before anything runs if ``path`` cannot be created or written."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {existing} is not a writable directory")
