@@ -31,7 +31,7 @@ def test_first_failure_tears_down_the_gang_and_its_helpers(runs: Runs) -> None:
     assert time.monotonic() - started < 10
     assert result.returncode == 3
     assert "root cause: rank 1 (local rank 1" in result.stderr
-    assert "others: terminated: 0, 2, 3" in result.stderr
+    assert "others: terminated (SIGTERM): 0, 2, 3" in result.stderr
 
 
 def test_every_rank_exiting_0_is_success_even_at_different_times(runs: Runs) -> None:
@@ -280,3 +280,83 @@ def _wait_state(pids: list[int], state: str, timeout: float = 5) -> bool:
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat", "rb") as f:
         return f.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def test_a_rank_that_fails_during_the_teardown_is_said_so(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        trap 'sleep 0.2; exit 3' TERM
+        touch "up.$RANK"
+        if [ "$RANK" = 0 ]; then
+            while [ ! -e up.1 ]; do sleep 0.01; done
+            exit 3
+        fi
+        sleep 300 & wait
+    """,
+    )
+    result = runs.gang(2, "./rank.sh")
+    assert result.returncode == 3
+    assert "root cause: rank 0" in result.stderr
+    assert "others: exited with code 3 during the teardown: 1" in result.stderr
+
+
+def test_a_log_file_that_cannot_be_opened_is_rankruns_error(runs: Runs) -> None:
+    runs.script("rank.sh", "exec sleep 300\n")
+    (runs.workdir / "logs/r/attempt_0/rank_1/stdout.log").mkdir(parents=True)
+    result = runs.gang(2, "--log-dir", "logs", "--run-id", "r", "./rank.sh")
+    assert result.returncode == 1
+    assert "rankrun failed: could not open the pipes or files of rank 1" in result.stderr
+    assert "Is a directory" in result.stderr
+    assert "root cause" not in result.stderr
+
+
+# Starts `sleep` in a session of its own and prints its pid once it is there.
+DAEMON = (
+    "python3 -c 'import subprocess; "
+    'print(subprocess.Popen(["sleep", "300"], start_new_session=True).pid)\''
+)
+
+
+def test_a_daemon_that_left_its_ranks_group_is_ended_and_named(runs: Runs) -> None:
+    runs.script("rank.sh", f"{DAEMON} > daemon.$RANK\nexit 0\n")
+    result = runs.gang(2, "--shutdown-timeout", "5", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert "ended 2 process(es) that had left their rank's group" in result.stderr
+    assert "(sleep)" in result.stderr
+
+
+def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Runs) -> None:
+    runs.script(
+        "rank.sh", f'{DAEMON} > "tmp.$RANK"\nmv "tmp.$RANK" "daemon.$RANK"\nexec sleep 300\n'
+    )
+    launcher = runs.start_gang(2, "--shutdown-timeout", "2", "./rank.sh")
+    daemons = [int(f.read_text()) for f in runs.wait_for_files("daemon.*", 2)]
+    launcher.kill()
+    launcher.communicate(timeout=10)
+    assert wait_gone(runs.tag, timeout=2 + 5) == []
+    assert not any(_alive(pid) for pid in daemons)
+
+
+def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Runs) -> None:
+    runs.script(
+        "rank.sh",
+        """
+        #!/bin/bash
+        trap '' TERM
+        touch "up.$RANK"
+        [ "$RANK" = 0 ] && { sleep 0.5; exit 3; }
+        while true; do sleep 0.05; done
+    """,
+    )
+    launcher = runs.start_gang(2, "--shutdown-timeout", "3", "--max-restarts", "2", "./rank.sh")
+    runs.wait_for_files("up.*", 2)
+    time.sleep(1.0)  # rank 0 has failed; rank 1 ignores the SIGTERM of the teardown
+    started = time.monotonic()
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=20)
+    assert time.monotonic() - started < 2.5, "SIGKILL at once, not after the grace period"
+    assert launcher.returncode == 128 + signal.SIGINT
+    assert "restart" not in err
+    assert "interrupted: rankrun got SIGINT during the teardown of rank 0's failure" in err

@@ -314,7 +314,7 @@ def test_report_names_the_first_failure_and_its_exception(runs: Runs) -> None:
     assert report[1] == "rankrun:   Traceback (most recent call last):"
     assert "rankrun:   ValueError: boom from rank 1" in report
     assert not any("Connection closed" in line for line in report)
-    assert "others: terminated: 0" in report[-2]
+    assert "others: exited with code 1 during the teardown: 0" in report[-2]
 
     summary = json.loads((runs.workdir / "s.json").read_text())
     assert summary["exit_code"] == 1

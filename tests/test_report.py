@@ -23,7 +23,7 @@ def test_others_fold_runs_of_ranks_into_ranges() -> None:
         *(_result(r, code=None, sig=signal.SIGTERM, terminated=True) for r in range(8, 512)),
     ]
     line = others_line(Attempt(0, tuple(ranks), cause))
-    assert line == "others: failed afterwards: 6; terminated: 0-4, 8-511; finished: 7"
+    assert line == "others: failed afterwards: 6; terminated (SIGTERM): 0-4, 8-511; finished: 7"
 
 
 def test_traceback_is_the_last_one_without_torchs_labels() -> None:

@@ -11,7 +11,7 @@ import time
 from rankrun.outcome import Attempt, Ending, Outcome, RankResult, signal_name
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
-from rankrun.rank import SpawnError
+from rankrun.rank import LauncherError, SpawnError
 from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled
 
 # Members of a group other than its leader are not our children until the leader dies, and
@@ -47,7 +47,7 @@ def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
             printer.event(f"restart {number} of {plan.max_restarts}")
         attempt = Gang(plan, number, host, printer).supervise()
         attempts.append(attempt)
-        if attempt.exit_code == 0 or attempt.interrupted_by is not None:
+        if attempt.exit_code == 0 or attempt.interrupted_by or attempt.launcher_error:
             break
     return Outcome(tuple(attempts))
 
@@ -71,6 +71,7 @@ class Gang:
         """Members not yet seen to exit, by pid."""
         self.cause: _Member | None = None
         self.interrupted_by: int | None = None
+        self.launcher_error: str | None = None
         self.deadline: float | None = None
         """When the teardown's grace ends (or, once killed, when to stop waiting)."""
         self.killed = False
@@ -95,6 +96,11 @@ class Gang:
             except SpawnError as e:
                 self.members.append(_Member(spec, 0, e.ending))
                 self._fail(self.members[-1])
+                return
+            except LauncherError as e:
+                self.launcher_error = str(e)
+                self.printer.event(self.launcher_error)
+                self._teardown(signal.SIGTERM)
                 return
             self.members.append(member)
             self.live[member.pid] = member
@@ -140,7 +146,9 @@ class Gang:
             self.printer.event(f"got {name}")
             self._teardown(signum)
         elif signum in TERMINATING and not self.killed:
-            self.printer.event(f"got {name} again")
+            again = " again" if self.interrupted_by is not None else " during the teardown"
+            self.interrupted_by = self.interrupted_by or signum
+            self.printer.event(f"got {name}{again}")
             self._kill()
         elif signum == signal.SIGTSTP:
             self._pause()
@@ -222,7 +230,7 @@ class Gang:
                 self.host.drain(member.pid)
         results = tuple(self._result(m) for m in self.members)
         cause = results[self.members.index(self.cause)] if self.cause is not None else None
-        return Attempt(self.attempt, results, cause, self.interrupted_by)
+        return Attempt(self.attempt, results, cause, self.interrupted_by, self.launcher_error)
 
     def _result(self, member: _Member) -> RankResult:
         ending = member.ending

@@ -4,7 +4,8 @@ It is forked before the first rank, in a session of its own, and holds the read 
 pipe whose only writer is the launcher. The launcher names each rank's group on the pipe
 as it spawns it and again once the group is gone. When the launcher dies in any way,
 SIGKILL included, the pipe reaches EOF, and the guardian sends SIGTERM to each group
-still named, then SIGKILL to what is left after the grace period.
+still named and to every process that carries the run's token in its environment (what
+left the groups with ``setsid``), then SIGKILL to what is left after the grace period.
 
 The guardian is forked twice, so that it is not the launcher's child: the launcher never
 waits for it to exit (that wait cost 3 ms of every run), and a library caller is left no
@@ -18,9 +19,12 @@ import os
 import signal
 import time
 
+TOKEN_VAR = "RANKRUN_RUN_TOKEN"
+"""Every process of a run carries this variable, with the run's own value."""
+
 
 class Guardian:
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, token: str) -> None:
         groups_r, groups_w = os.pipe()
         lifeline_r, lifeline_w = os.pipe()
         middle = os.fork()
@@ -30,7 +34,7 @@ class Guardian:
                 os.close(lifeline_r)
                 pid = os.fork()
                 if pid == 0:
-                    _become_guardian(groups_r, lifeline_w, grace)
+                    _become_guardian(groups_r, lifeline_w, grace, token)
                 else:
                     os.write(lifeline_w, b"%d\n" % pid)
             finally:
@@ -56,12 +60,13 @@ class Guardian:
             pass  # the guardian died; the gang has said so, and the run goes on without it
 
     def close(self) -> None:
-        """Stop guarding; groups still named are ended as if the launcher had died."""
+        """Stop guarding; groups still named are ended, as the launcher had not."""
+        self._send(b"=\n")
         os.close(self._fd)
         os.close(self.lifeline)
 
 
-def _become_guardian(read_fd: int, lifeline: int, grace: float) -> None:
+def _become_guardian(read_fd: int, lifeline: int, grace: float, token: str) -> None:
     os.setsid()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
@@ -78,7 +83,8 @@ def _become_guardian(read_fd: int, lifeline: int, grace: float) -> None:
         os.closerange(low, keep_fd)
         low = keep_fd + 1
     os.closerange(low, 1 << 16)
-    _end_groups(_read_groups(read_fd), grace)
+    groups, goodbye = _read_groups(read_fd)
+    _end_run(groups, None if goodbye else token, grace)
 
 
 def _above_stdio(fd: int) -> int:
@@ -90,50 +96,90 @@ def _above_stdio(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
 
 
-def _read_groups(fd: int) -> set[int]:
+def _read_groups(fd: int) -> tuple[set[int], bool]:
+    """The groups still named when the pipe closed, and whether the launcher said goodbye."""
     groups: set[int] = set()
     pending = b""
     while chunk := os.read(fd, 4096):
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
+            if line == b"=":
+                return groups, True
             (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-    return groups
+    return groups, False
 
 
-def _end_groups(groups: set[int], grace: float) -> None:
-    """SIGTERM each group, then SIGKILL those still alive after ``grace`` seconds."""
-    _signal_groups(groups, signal.SIGTERM)
+def _end_run(groups: set[int], token: str | None, grace: float) -> None:
+    """SIGTERM each group and each process of the run outside them; SIGKILL after ``grace``.
+
+    The processes outside the groups (a rank's ``setsid`` daemon) are found by ``token``
+    in their environment, which every process of the run inherits.
+    """
+    escaped = _marked(token) if token else set()
+    _signal(groups, escaped, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
+    while (groups or escaped) and time.monotonic() < deadline:
         time.sleep(0.02)
-        groups = {g for g in groups if _group_alive(g)}
-    _signal_groups(groups, signal.SIGKILL)
+        alive = _live_processes()
+        if alive is None:
+            groups = {g for g in groups if _group_exists(g)}
+        else:
+            groups &= set(alive.values())
+            escaped &= alive.keys()
+    _signal(groups, escaped, signal.SIGKILL)
 
 
-def _signal_groups(groups: set[int], signum: int) -> None:
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
+def _signal(groups: set[int], pids: set[int], signum: int) -> None:
+    for target, kill in ((groups, os.killpg), (pids, os.kill)):
+        for pid in target:
+            try:
+                kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs. Unreaped zombies do not count."""
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return any(n.isdigit() and _stat_pgid_alive(n, pgid) for n in os.listdir("/proc"))
-
-
-def _stat_pgid_alive(pid: str, pgid: int) -> bool:
+def _group_exists(pgid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
         return False
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[2]) == pgid and fields[0] not in (b"Z", b"X")
+    return True
+
+
+def _live_processes() -> dict[int, int] | None:
+    """Each live process's group, from one pass over /proc; zombies do not count.
+
+    None where there is no /proc. After the launcher's death its orphans go to a PID 1
+    that may never reap them, and a zombie would answer ``kill(0)`` as if it lived.
+    """
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    alive = {}
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if fields[0] not in (b"Z", b"X"):
+                alive[int(name)] = int(fields[2])
+    return alive
+
+
+def _marked(token: str) -> set[int]:
+    """The live processes whose environment carries ``token``."""
+    needle = f"{TOKEN_VAR}={token}".encode()
+    found = set()
+    for pid in _live_processes() or {}:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.add(pid)
+        except OSError:
+            pass
+    found.discard(os.getpid())
+    return found

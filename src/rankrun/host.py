@@ -26,8 +26,8 @@ from rankrun.watch import Event, Watch
 class Host:
     """Owns, while entered, the signal handlers, the subreaper and the guardian."""
 
-    def __init__(self, printer: Printer, grace: float, nproc: int) -> None:
-        self._printer, self._grace, self._nproc = printer, grace, nproc
+    def __init__(self, printer: Printer, grace: float, nproc: int, token: str) -> None:
+        self._printer, self._grace, self._nproc, self._token = printer, grace, nproc, token
         self._watch = Watch()
         self._guardian: Guardian | None = None
         self._subreaper = False
@@ -38,7 +38,7 @@ class Host:
         self._watch.__enter__()
         self._reaper = Reaper()
         # Forked first, so that it is adopted by init and not by the launcher as subreaper.
-        self._guardian = Guardian(self._grace)
+        self._guardian = Guardian(self._grace, self._token)
         self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
         self._subreaper = set_subreaper(True)
         return self
@@ -127,6 +127,25 @@ class Host:
             "its ranks may outlive it"
         )
 
+    def end_escaped(self) -> list[str]:
+        """End what left its rank's group (a ``setsid`` daemon) and was adopted; name it."""
+        pids = set(self._reaper.adopted())
+        named = [f"{pid} ({_command_name(pid)})" for pid in sorted(pids)]
+        self._signal_escaped(pids, signal.SIGTERM)
+        deadline = self.now() + self._grace
+        while pids and self.now() < deadline:
+            self._watch.wait(min(0.05, deadline - self.now()))
+            pids -= {e.pid for e in self._reaper.reap()}
+        self._signal_escaped(pids, signal.SIGKILL)
+        return named
+
+    def _signal_escaped(self, pids: set[int], signum: int) -> None:
+        for pid in pids:
+            try:
+                os.killpg(os.getpgid(pid), signum)
+            except ProcessLookupError:
+                pass
+
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would."""
         self._watch.pause()
@@ -134,6 +153,14 @@ class Host:
     def raise_on_terminating(self) -> None:
         """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
         self._watch.raise_on_terminating()
+
+
+def _command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 def ensure_fd_capacity(ranks: int) -> None:

@@ -32,11 +32,15 @@ def launch(
     plan = build_plan(script, args, options, env)
     events = plan.layout.events if plan.layout is not None else None
     printer = Printer(timestamps=options.timestamps, events_path=events)
+    if plan.layout is None:
+        plan = plan._replace(error_dir=_make_error_dir(plan))
     outcome = None
     try:
         _announce(plan, printer)
-        with Host(printer, plan.shutdown_timeout, plan.nproc_per_node) as host:
+        grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
+        with Host(printer, grace, nproc, plan.token) as host:
             outcome = run_attempts(plan, host, printer)
+            _end_escaped(host, printer)
             host.raise_on_terminating()
             _conclude(outcome, plan, options, printer)
     except Interrupted as e:
@@ -48,7 +52,36 @@ def launch(
         )
     finally:
         printer.close()
+        if plan.error_dir is not None:
+            _remove_error_dir(plan.error_dir)
     return outcome
+
+
+def _make_error_dir(plan: Plan) -> str | None:
+    """Where ranks write error.json without a log directory, as torchrun always lets them."""
+    path = os.path.join(plan.base_env.get("TMPDIR") or "/tmp", f"rankrun-{plan.token}")
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        return None  # no writable temporary directory: the ranks go without
+    return path
+
+
+def _remove_error_dir(path: str) -> None:
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _end_escaped(host: Host, printer: Printer) -> None:
+    ended = host.end_escaped()
+    if ended:
+        printer.event(
+            f"ended {len(ended)} process(es) that had left their rank's group: " + ", ".join(ended)
+        )
 
 
 def _announce(plan: Plan, printer: Printer) -> None:
@@ -72,4 +105,7 @@ def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) 
     if options.summary_json is not None:
         from rankrun.summary import write_summary
 
-        write_summary(options.summary_json, outcome, host, plan.run_id)
+        try:
+            write_summary(options.summary_json, outcome, host, plan.run_id)
+        except OSError as e:
+            printer.event(f"could not write --summary-json {options.summary_json}: {e.strerror}")

@@ -117,14 +117,17 @@ class Attempt(NamedTuple):
     """The earliest failure, the root cause; None when no rank failed on its own."""
     interrupted_by: int | None = None
     """The signal that made the launcher end this attempt, if one came before it ended."""
+    launcher_error: str | None = None
+    """Why the launcher itself could not start a rank, if it could not."""
 
     @property
     def exit_code(self) -> int:
+        """128+N for the launcher's signal N; else the root cause's; 1 if rankrun failed."""
         if self.interrupted_by is not None:
             return 128 + self.interrupted_by
         if self.cause is not None:
             return self.cause.code
-        return 0
+        return 1 if self.launcher_error else 0
 
 
 class Outcome(NamedTuple):

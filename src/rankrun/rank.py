@@ -24,6 +24,10 @@ class SpawnError(Exception):
         self.ending = ending
 
 
+class LauncherError(Exception):
+    """The launcher could not start a rank for a cause of its own: a limit, a log file."""
+
+
 class Rank:
     """A started rank. Its relays are read by the caller's loop until they end."""
 
@@ -37,25 +41,45 @@ class Rank:
         self._child_ends: list[int] = []
 
     def start(self) -> None:
-        """Open the rank's files and pipes and start it; raise SpawnError if it can't."""
+        """Open the rank's files and pipes and start it.
+
+        Raises SpawnError when the rank's program can't run (missing, not executable), and
+        LauncherError when the launcher can't start it (a log file, a pipe, a process limit).
+        """
+        spec = self.spec
+        try:
+            stdout, stderr = self._open_stdio()
+            try:
+                proc = subprocess.Popen(
+                    spec.argv, env=spec.env, stdout=stdout, stderr=stderr, start_new_session=True
+                )
+            except OSError as e:
+                if e.filename is None:  # not the exec: a fork or a pipe failed
+                    raise LauncherError(f"could not start rank {spec.rank}: {e.strerror}") from None
+                code = 127 if e.errno == errno.ENOENT else 126
+                error = f"could not start {spec.argv[0]}: {e.strerror}"
+                raise SpawnError(Ending(code, None, time.time(), error=error)) from None
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._close_child_ends()
+        # The launcher reaps its children itself. Popen must never wait for this one, or it
+        # could reap the rank before the launcher sees its exit status.
+        proc.returncode = 0
+        self.pid = proc.pid
+
+    def _open_stdio(self) -> tuple[int | None, int | None]:
         spec = self.spec
         try:
             if spec.error_file is not None:
                 os.makedirs(os.path.dirname(spec.error_file), exist_ok=True)
-            stdout = self._open(STDOUT, spec.stdout)
-            stderr = self._open(STDERR, spec.stderr)
-            proc = subprocess.Popen(
-                spec.argv, env=spec.env, stdout=stdout, stderr=stderr, start_new_session=True
-            )
+            return self._open(STDOUT, spec.stdout), self._open(STDERR, spec.stderr)
         except OSError as e:
-            self.close()
-            code = 127 if e.errno == errno.ENOENT else 126
-            error = f"could not start {spec.argv[0]}: {e.strerror}"
-            raise SpawnError(Ending(code, None, time.time(), error=error)) from None
-        finally:
-            self._close_child_ends()
-        proc.returncode = 0  # the launcher reaps its children itself: Popen must not
-        self.pid = proc.pid
+            where = f" {e.filename}" if e.filename else ""
+            raise LauncherError(
+                f"could not open the pipes or files of rank {spec.rank}{where}: {e.strerror}"
+            ) from None
 
     def _open(self, stream: int, route: Route) -> int | None:
         if route.inherited:
@@ -74,6 +98,7 @@ class Rank:
             self._printer,
             stream,
             rank=self.spec.rank,
+            label=self.spec.label,
             console=route.console,
             labelled=route.labelled,
             file_fd=file_fd,

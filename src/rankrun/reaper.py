@@ -39,6 +39,10 @@ class Reaper:
         ours = (_reap(pid) for pid in children() if pid not in self._foreign)
         return exits + [e for e in ours if e is not None]
 
+    def adopted(self) -> list[int]:
+        """The launcher's children now: once the ranks are gone, the orphans it adopted."""
+        return [pid for pid in children() if pid not in self._foreign]
+
 
 def _reap(pid: int) -> Exited | None:
     try:

@@ -21,6 +21,14 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
         lines.append(root_cause_line(last.cause, host))
         lines.extend(f"  {line}" for line in error_lines(last.cause))
         lines.append(others_line(last))
+        if last.interrupted_by is not None:
+            lines.append(
+                f"interrupted: rankrun got {signal_name(last.interrupted_by)} during the "
+                f"teardown of rank {last.cause.rank}'s failure"
+            )
+    elif last.launcher_error is not None:
+        lines.append(f"rankrun failed: {last.launcher_error}")
+        lines.append(others_line(last))
     elif last.interrupted_by is not None:
         lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
     if lines:
@@ -39,6 +47,8 @@ def root_cause_line(result: RankResult, host: str) -> str:
 def attempt_line(attempt: Attempt) -> str:
     if attempt.cause is not None:
         what = f"rank {attempt.cause.rank} {attempt.cause.ending.words()}"
+    elif attempt.launcher_error is not None:
+        what = attempt.launcher_error
     elif attempt.interrupted_by is not None:
         what = f"rankrun got {signal_name(attempt.interrupted_by)}"
     else:
@@ -47,14 +57,26 @@ def attempt_line(attempt: Attempt) -> str:
 
 
 def others_line(attempt: Attempt) -> str:
-    others = [r for r in attempt.ranks if r is not attempt.cause]
-    groups = (
-        ("failed afterwards", [r for r in others if r.failed]),
-        ("terminated", [r for r in others if r.terminated]),
-        ("finished", [r for r in others if not r.failed and not r.terminated]),
-    )
-    parts = [f"{what}: {_ranks(rs)}" for what, rs in groups if rs]
+    """What every other rank did: failed on its own, ended by rankrun (and how), or finished."""
+    groups: dict[str, list[RankResult]] = {}
+    for r in attempt.ranks:
+        if r is not attempt.cause:
+            groups.setdefault(_what_it_did(r), []).append(r)
+    order = sorted(groups, key=lambda what: (what != "failed afterwards", what == "finished"))
+    parts = [f"{what}: {_ranks(groups[what])}" for what in order]
     return "others: " + ("; ".join(parts) if parts else "none")
+
+
+def _what_it_did(r: RankResult) -> str:
+    if r.failed:
+        return "failed afterwards"
+    if not r.terminated:
+        return "finished"
+    if r.signal is not None:
+        return f"terminated ({signal_name(r.signal)})"
+    if r.exit_code is None:
+        return "did not end, even after SIGKILL"
+    return f"exited with code {r.exit_code} during the teardown"
 
 
 def _ranks(results: list[RankResult]) -> str:
