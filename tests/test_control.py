@@ -1,0 +1,382 @@
+"""rankrun.control against real TCPStores: agents as processes, or as threads where the point
+is the store protocol; and two hosts in network namespaces for a pulled cable."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Runs
+from netns import Hosts, make_hosts_fixture  # noqa: F401
+
+from rankrun import control
+from rankrun.ports import free_port
+
+pytest.importorskip("torch.distributed")
+
+AGENT = Path(__file__).with_name("control_agent.py")
+
+
+# --- agents as processes -----------------------------------------------------------------------
+
+
+class Agent:
+    """A control_agent.py process, and the JSON lines it prints."""
+
+    def __init__(self, runs: Runs, settings: dict[str, Any], wrap: list[str] | None = None):
+        argv = [sys.executable, str(AGENT), json.dumps(settings)]
+        self.proc = subprocess.Popen(
+            (wrap or []) + argv, env=runs.env, stdout=subprocess.PIPE, text=True
+        )
+        self.lines: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def expect(self, *keys: str, timeout: float = 30) -> dict[str, Any]:
+        """The next line that has one of ``keys``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"agent {self.proc.pid}: no {keys} in {timeout} s") from None
+            if any(k in line for k in keys):
+                return line
+
+    def end(self) -> None:
+        self.proc.kill()  # SIGKILL ends a stopped process too
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def agents(runs: Runs) -> Iterator[Callable[..., Agent]]:
+    started: list[Agent] = []
+
+    def start(settings: dict[str, Any], wrap: list[str] | None = None) -> Agent:
+        started.append(Agent(runs, settings, wrap))
+        return started[-1]
+
+    yield start
+    for a in started:
+        a.end()
+    # the runs fixture then checks that no process carrying the test's tag is alive
+
+
+def start_job(
+    agents: Callable[..., Agent], nnodes: int, per_node: Callable[[int], dict[str, Any]]
+) -> list[Agent]:
+    """Node 0 hosts on a free port; the others connect once it has said which."""
+    first = agents({"node_rank": 0, "nnodes": nnodes, "port": 0, **per_node(0)})
+    port = first.expect("port", "error")["port"]
+    rest = [
+        agents({"node_rank": r, "nnodes": nnodes, "port": port, **per_node(r)})
+        for r in range(1, nnodes)
+    ]
+    return [first, *rest]
+
+
+def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
+    job = start_job(agents, 3, lambda r: {"run_id": "job-ok"})
+    seen = [a.expect("joined", "error") for a in job]
+    assert all("joined" in s for s in seen), seen
+    pids = [a.proc.pid for a in job]
+    for s in seen:
+        assert [n["node_rank"] for n in s["joined"]] == [0, 1, 2]
+        assert [n["pid"] for n in s["joined"]] == pids
+        assert {n["run_id"] for n in s["joined"]} == {"job-ok"}
+
+
+def test_nproc_mismatch_is_the_same_message_on_every_agent(
+    agents: Callable[..., Agent],
+) -> None:
+    job = start_job(agents, 3, lambda r: {"run_id": "job-mm", "nproc_per_node": 4 if r == 2 else 8})
+    seen = [a.expect("joined", "error") for a in job]
+    assert {s.get("error") for s in seen} == {"Mismatch"}, seen
+    assert {s["message"] for s in seen} == {
+        "--nproc-per-node: node 0 has 8, node 2 has 4: start every node with the same settings"
+    }
+
+
+def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> None:
+    beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
+    job = start_job(agents, 3, lambda r: beat)
+    assert all("joined" in a.expect("joined", "error") for a in job)
+    time.sleep(0.5)
+    os.kill(job[2].proc.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    for a in job[:2]:
+        assert a.expect("lost", "cut_off", timeout=6) == {"lost": [2]}
+        elapsed = time.monotonic() - stopped
+        assert 1.5 < elapsed < 4.0, elapsed
+
+
+def test_pulled_cable_both_sides_know(
+    agents: Callable[..., Agent], make_hosts: Callable[..., Hosts]
+) -> None:
+    hosts = make_hosts(2)
+    beat = {"run_id": "job-net", "heartbeat": [0.2, 2.0], "addr": hosts.addrs[0]}
+    a = agents({"node_rank": 0, "nnodes": 2, "port": 29400, **beat}, hosts.argv(0, []))
+    assert a.expect("port", "error") == {"port": 29400}
+    b = agents({"node_rank": 1, "nnodes": 2, "port": 29400, **beat}, hosts.argv(1, []))
+    assert "joined" in a.expect("joined", "error")
+    assert "joined" in b.expect("joined", "error")
+    time.sleep(0.5)
+    hosts.link_down(1)
+    pulled = time.monotonic()
+    assert a.expect("lost", "cut_off", timeout=6) == {"lost": [1]}
+    assert time.monotonic() - pulled < 4.0
+    cut = b.expect("lost", "cut_off", timeout=6)
+    assert cut["cut_off"] is True and cut["quiet_for"] > 2.0, cut
+    assert time.monotonic() - pulled < 4.0
+
+
+# --- agents as threads, for the store protocol ------------------------------------------------
+
+
+class Job:
+    """A store hosted in this process for one run, and agents that join it from threads."""
+
+    def __init__(self, nnodes: int, run_id: str = "job-t") -> None:
+        self.server = control.host("127.0.0.1", 0)
+        self.port: int = self.server.port
+        self.run_id = run_id
+        self.info = control.JobInfo(run_id, "hostA", self.port, "12:00", nnodes, "-")
+        control.announce(self.server, self.info)
+
+    def client(self) -> Any:
+        return control.connect("127.0.0.1", self.port, timeout=10)
+
+    def store(self, run_id: str | None = None) -> control.JobStore:
+        return control.JobStore(self.client(), run_id or self.run_id)
+
+    def snapshot(self) -> dict[str, bytes]:
+        return {k: self.server.get(k) for k in self.server.list_keys()}
+
+
+def node(
+    r: int, nnodes: int, run_id: str = "job-t", host: str = "", pid: int = 0
+) -> control.NodeInfo:
+    return control.NodeInfo(r, host or f"host{r}", pid or 100 + r, nnodes, 8, run_id, "1", "c")
+
+
+def join_all(job: Job, infos: list[control.NodeInfo]) -> list[Any]:
+    """Each info joins from a thread of its own; returns each one's nodes or exception."""
+    out: list[Any] = [None] * len(infos)
+
+    def one(i: int) -> None:
+        try:
+            out[i] = control.join(job.store(infos[i].run_id), infos[i], timeout=20)
+        except control.ControlError as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(infos))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_duplicate_node_rank_is_named_on_every_agent() -> None:
+    job = Job(3)
+    infos = [node(0, 3), node(1, 3, host="a", pid=1), node(1, 3, host="b", pid=2)]
+    out = join_all(job, infos)
+    assert all(isinstance(e, control.DuplicateNodeRank) for e in out), out
+    messages = {str(e) for e in out}
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert message in (
+        f"--node-rank 1 is claimed by two agents (host {x} pid {p}, host {y} pid {q}): "
+        "give each node its own --node-rank"
+        for x, p, y, q in (("a", 1, "b", 2), ("b", 2, "a", 1))
+    )
+
+
+def test_stranger_is_told_and_changes_nothing() -> None:
+    job = Job(2, "job-a")
+    assert all(
+        isinstance(n, list) for n in join_all(job, [node(0, 2, "job-a"), node(1, 2, "job-a")])
+    )
+    before = job.snapshot()
+
+    with pytest.raises(control.Stranger) as other:
+        control.join(job.store("job-b"), node(1, 2, "job-b"), timeout=5)
+    assert str(other.value) == (
+        f"port {job.port} on hostA is held by rankrun job job-a (started 12:00); "
+        "this is job job-b: use another --master-port"
+    )
+    with pytest.raises(control.Stranger) as late:
+        control.join(job.store("job-a"), node(1, 2, "job-a", host="late"), timeout=5)
+    assert "its 2 nodes have all joined, and this agent (--node-rank 1 on late)" in str(late.value)
+    # node 0 of another job whose --master-addr reaches this one's store
+    with pytest.raises(control.Stranger, match="held by rankrun job job-a"):
+        control.announce(job.client(), job.info._replace(run_id="job-c"))
+    assert job.snapshot() == before
+
+
+def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
+    job = Job(2)
+    out = join_all(job, [node(0, 2), node(2, 3)])
+    assert {str(e) for e in out} == {
+        "--nnodes: node 0 has 2, node 2 has 3: start every node with the same settings"
+    }, out
+
+
+def test_garbage_on_the_port_does_not_break_the_store() -> None:
+    job = Job(1)
+    client = job.client()
+    client.set("k", "v")
+    junk = [b"GET / HTTP/1.0\r\n\r\n", b"\x00" + (2**62).to_bytes(8, "little"), b""]
+    rng = random.Random(7)
+    junk += [rng.randbytes(rng.randint(1, 4000)) for _ in range(20)]
+    for data in junk:
+        with socket.create_connection(("127.0.0.1", job.port), timeout=2) as s:
+            s.sendall(data)
+    # The server may stall for a reverse DNS lookup of the junk's sender (5 s where DNS is
+    # unreachable, as in a sandbox); then it carries on.
+    assert client.get("k") == b"v"
+    assert job.client().get("k") == b"v"
+    assert control.join(job.store(), node(0, 1), timeout=5)[0].node_rank == 0
+
+
+def test_first_failure_is_the_first_add() -> None:
+    job = Job(2)
+    a, b = job.store(), job.store()
+    assert control.first_failure(a, 0) is None
+    fa = control.FailureFact(0, "hostA", 1, 1, 11, 3, None, "boom", 1.5)
+    fb = control.FailureFact(1, "hostB", 5, 1, 22, None, 9, "", 1.6)
+    assert control.publish_failure(a, 0, fa) == 1
+    assert control.publish_failure(b, 0, fb) == 2
+    assert control.first_failure(b, 0) == fa
+    assert control.failures(a, 0) == [(1, fa), (2, fb)]
+    long = fa._replace(error_text="x" * 10**6 + "the end")
+    assert control.publish_failure(a, 2, long) == 1
+    kept = control.first_failure(b, 2)
+    assert kept is not None and kept.error_text.endswith("the end")
+    assert len(kept.error_text) == control.ERROR_TEXT_MAX
+
+    # at the same moment: exactly one is first, whatever the clocks say
+    start, orders = threading.Barrier(2), {}
+
+    def publish(store: control.JobStore, fact: control.FailureFact) -> None:
+        start.wait()
+        orders[fact.host] = control.publish_failure(store, 1, fact)
+
+    threads = [threading.Thread(target=publish, args=p) for p in ((a, fa), (b, fb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(orders.values()) == [1, 2]
+    winner = fa if orders["hostA"] == 1 else fb
+    assert control.first_failure(a, 1) == winner
+
+
+def test_attempt_end_first_reason_holds() -> None:
+    job = Job(2)
+    a, b = job.store(), job.store()
+    assert control.attempt_ended(a, 0) is None
+    assert control.end_attempt(a, 0, "rank 3 failed on node 1") == "rank 3 failed on node 1"
+    assert control.end_attempt(b, 0, "interrupted on node 0") == "rank 3 failed on node 1"
+    assert control.attempt_ended(b, 0) == "rank 3 failed on node 1"
+    assert control.attempt_ended(b, 1) is None
+
+
+def test_barrier_results_and_rank_keys() -> None:
+    job = Job(3)
+    stores = [job.store() for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def arrive(r: int) -> None:
+        time.sleep(0.1 * r)
+        try:
+            control.barrier(stores[r], "restart-1", r, 3, timeout=10)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=arrive, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors
+    with pytest.raises(control.BarrierTimeout, match="node 1, 2 did not reach restart-2"):
+        control.barrier(stores[0], "restart-2", 0, 3, timeout=0.5)
+
+    rows = ({"rank": 0, "exit_code": 0},)
+    control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows))
+    control.publish_result(stores[2], 1, control.NodeResult(2, "h2", 12, 1, rows))
+    t0 = time.monotonic()
+    got = control.gather_results(stores[0], 1, 3, timeout=5, skip=[1])
+    assert time.monotonic() - t0 < 1
+    assert sorted(got) == [0, 2] and got[2].exit_code == 1 and got[2].ranks == rows
+
+    job.server.set("default_pg/0//cpu//0/0", "10.0.0.1:1234")
+    assert control.clear_rank_keys(job.server) == 1
+    assert all(k.startswith("rankrun/") for k in job.server.list_keys())
+
+
+def test_connect_waits_for_node_0_and_says_so() -> None:
+    port = free_port()
+    notes: list[str] = []
+    with pytest.raises(control.Unresponsive, match=f"node 0's store at 127.0.0.1:{port}"):
+        control.connect("127.0.0.1", port, timeout=1.6, on_wait=notes.append, every=0.5)
+    assert notes and all(
+        n == f"waiting for node 0 at 127.0.0.1:{port} (nothing answers there yet)" for n in notes
+    )
+
+    later: list[Any] = []
+    threading.Timer(1.0, lambda: later.append(control.host("127.0.0.1", port))).start()
+    client = control.connect("127.0.0.1", port, timeout=20)
+    client.set("k", "v")
+    assert later[0].get("k") == b"v"
+
+
+class Broken:
+    """A client whose server is gone."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any) -> Any:
+            raise RuntimeError("Broken pipe")
+
+        return fail
+
+
+def test_heartbeat_rules_on_a_fake_clock() -> None:
+    job = Job(3)
+    now = [0.0]
+    beats = [
+        control.Heartbeat(job.store(), r, 3, timeout=2, clock=lambda: now[0]) for r in (0, 1, 2)
+    ]
+    for r in (0, 1, 2):  # join makes these; multi_get would wait for a missing one
+        job.server.add(f"rankrun/job-t/hb/{r}", 0)
+    beats[2].tick()  # node 2 beats once, then falls silent
+    for t in (0.5, 1.5, 2.5):
+        now[0] = t
+        assert beats[0].tick() == [] and beats[1].tick() == []
+    now[0] = 2.6  # node 2's counter last changed at 0.5, as node 0 and 1 saw it
+    assert beats[0].tick() == [2] and beats[1].tick() == [2]
+
+    cut = control.Heartbeat(
+        control.JobStore(Broken(), "job-t"), 1, 3, timeout=2, clock=lambda: now[0]
+    )
+    now[0] = 4.0
+    assert cut.tick() == [] and cut.error == "Broken pipe" and not cut.cut_off()
+    now[0] = 4.7
+    assert cut.tick() == [] and cut.cut_off() and cut.quiet_for() == pytest.approx(2.1)
