@@ -7,37 +7,28 @@ import os
 
 from conftest import Runs
 
+from rankrun.ports import free_port
+
 DUMP_ENV = 'python3 -c "import json, os; print(json.dumps(dict(os.environ)))" > "env.$RANK"\n'
 
 
 def _envs(runs: Runs, count: int) -> dict[int, dict[str, str]]:
-    files = runs.wait_for_files("env.*", count, timeout=1)
+    files = runs.wait_for_files("env.*", count, timeout=5)
     return {int(f.suffix[1:]): json.loads(f.read_text()) for f in files}
 
 
 def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
     runs.env["SOME_USER_VAR"] = "kept"
-    result = runs.run(
-        "--nnodes",
-        "2",
-        "--node_rank",
-        "1",
-        "--nproc_per_node",
-        "3",
-        "--master_addr",
-        "10.1.2.3",
-        "--master_port",
-        "29555",
-        "--max-restarts",
-        "0",
-        "--run-id",
-        "job7",
-        "./rank.sh",
-    )
-    assert result.returncode == 0, result.stderr
-    envs = _envs(runs, 3)
-    assert sorted(envs) == [3, 4, 5]
+    port = str(free_port())
+    common = ["--nnodes", "2", "--nproc_per_node", "3", "--master_addr", "127.0.0.1",
+              "--master_port", port, "--max-restarts", "0", "--run-id", "job7",
+              "./rank.sh"]  # fmt: skip
+    node0 = runs.start("--node_rank", "0", *common)
+    result = runs.run("--node_rank", "1", *common)
+    node0.communicate(timeout=60)
+    assert (result.returncode, node0.returncode) == (0, 0), result.stderr
+    envs = _envs(runs, 6)
     omp = max(1, len(os.sched_getaffinity(0)) // 3)  # the usable cores shared, at least 1
     for local_rank in range(3):
         env = envs[3 + local_rank]
@@ -47,14 +38,15 @@ def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> N
             "LOCAL_RANK": str(local_rank),
             "ROLE_RANK": str(3 + local_rank),
         }
+        assert env["MASTER_PORT"] == envs[0]["MASTER_PORT"] != port, "the attempt's own store"
+        assert env["TORCHELASTIC_USE_AGENT_STORE"] == "True"
         assert env["SOME_USER_VAR"] == "kept"
         assert env["OMP_NUM_THREADS"] == str(omp)
     assert f"OMP_NUM_THREADS={omp} for each rank" in result.stderr
 
 
 EXPECTED = {
-    "MASTER_ADDR": "10.1.2.3",
-    "MASTER_PORT": "29555",
+    "MASTER_ADDR": "127.0.0.1",
     "WORLD_SIZE": "6",
     "RANK": "",
     "LOCAL_RANK": "",
@@ -104,6 +96,9 @@ def test_port_0_and_standalone_pick_a_free_port(runs: Runs) -> None:
 
 def test_torchruns_fixed_nnodes_range_is_accepted(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
-    result = runs.run("--nnodes", "2:2", "--node_rank", "1", "--master_port", "29511", "./rank.sh")
-    assert result.returncode == 0, result.stderr
-    assert _envs(runs, 1)[1]["GROUP_WORLD_SIZE"] == "2"
+    port = str(free_port())
+    node0 = runs.start("--nnodes", "2:2", "--node_rank", "0", "--master_port", port, "./rank.sh")
+    result = runs.run("--nnodes", "2:2", "--node_rank", "1", "--master_port", port, "./rank.sh")
+    node0.communicate(timeout=60)
+    assert (result.returncode, node0.returncode) == (0, 0), result.stderr
+    assert _envs(runs, 2)[1]["GROUP_WORLD_SIZE"] == "2"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import signal
 import time
 
-from rankrun.outcome import Attempt, Ending, Outcome, RankResult, signal_name
+from rankrun.outcome import Attempt, Ending, Outcome, RankResult, Stop, signal_name
 from rankrun.plan import Plan, RankSpec
 from rankrun.printer import Printer
 from rankrun.rank import LauncherError, SpawnError
-from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled
+from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Stopped
 
 # Members of a group other than its leader are not our children until the leader dies, and
 # without a subreaper never are; while only such members are left, look again this often.
@@ -37,6 +37,12 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def group_gone(self, pgid: int) -> None: ...
         def wait(self, timeout: float | None) -> list[Event]: ...
         def pause(self) -> None: ...
+
+    class Coordinator(Protocol):
+        """The node agent, told of what ends an attempt here, to end it on every node."""
+
+        def failed(self, result: RankResult) -> None: ...
+        def interrupted(self, signum: int) -> None: ...
 
 
 def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
@@ -64,8 +70,17 @@ class _Member:
 
 
 class Gang:
-    def __init__(self, plan: Plan, attempt: int, host: Host, printer: Printer) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        attempt: int,
+        host: Host,
+        printer: Printer,
+        coordinator: Coordinator | None = None,
+    ) -> None:
         self.plan, self.attempt, self.host, self.printer = plan, attempt, host, printer
+        self.coordinator = coordinator
+        self.stopped: Stop | None = None
         self.members: list[_Member] = []
         self.live: dict[int, _Member] = {}
         """Members not yet seen to exit, by pid."""
@@ -121,6 +136,11 @@ class Gang:
                 self._signal_groups(signal.SIGSTOP)  # and fg's SIGCONT, next, resumes them
             else:
                 self._on_signal(signum)
+        for e in events:
+            if isinstance(e, Stopped) and self.deadline is None:
+                self.stopped = Stop(e.reason, e.exit_code)
+                self.printer.event(e.reason)
+                self._teardown(signal.SIGTERM)
         if self._past_deadline() and not self.killed:
             self._kill()
 
@@ -135,6 +155,8 @@ class Gang:
         assert member.ending is not None
         self.printer.event(f"rank {member.spec.rank} {member.ending.words()}")
         self._teardown(signal.SIGTERM)
+        if self.coordinator is not None:
+            self.coordinator.failed(self._result(member))
 
     def _on_signal(self, signum: int) -> None:
         name = signal_name(signum)
@@ -145,6 +167,8 @@ class Gang:
             self.interrupted_by = signum
             self.printer.event(f"got {name}")
             self._teardown(signum)
+            if self.coordinator is not None:
+                self.coordinator.interrupted(signum)
         elif signum in TERMINATING and not self.killed:
             again = " again" if self.interrupted_by is not None else " during the teardown"
             self.interrupted_by = self.interrupted_by or signum
@@ -230,7 +254,9 @@ class Gang:
                 self.host.drain(member.pid)
         results = tuple(self._result(m) for m in self.members)
         cause = results[self.members.index(self.cause)] if self.cause is not None else None
-        return Attempt(self.attempt, results, cause, self.interrupted_by, self.launcher_error)
+        return Attempt(
+            self.attempt, results, cause, self.interrupted_by, self.launcher_error, self.stopped
+        )
 
     def _result(self, member: _Member) -> RankResult:
         ending = member.ending

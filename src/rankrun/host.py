@@ -10,6 +10,7 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from rankrun.guardian import Guardian
@@ -32,6 +33,7 @@ class Host:
         self._guardian: Guardian | None = None
         self._subreaper = False
         self._ranks: dict[int, Rank] = {}
+        self._news: list[Event] = []
 
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
@@ -111,13 +113,22 @@ class Host:
         assert self._guardian is not None
         self._guardian.release(pgid)
 
+    def add_source(self, fd: int, take: Callable[[], list[Event]]) -> None:
+        """Events from outside this machine (the node agent's): ``fd`` is readable when
+        ``take()`` has some. The source stays until ``remove_source``."""
+        self._watch.add_reader(fd, lambda: self._news.extend(take()))
+
+    def remove_source(self, fd: int) -> None:
+        self._watch.remove_reader(fd)
+
     def wait(self, timeout: float | None) -> list[Event]:
         """Block until something happens or ``timeout`` passes; exits come first."""
         signals = self._watch.wait(timeout)
+        news, self._news = self._news, []
         if not signals or signals[0].signum != signal.SIGCHLD:
-            return list(signals)
+            return [*signals, *news]
         exits: list[Event] = list(self._reaper.reap())
-        return exits + signals[1:]
+        return exits + signals[1:] + news
 
     def _guardian_died(self) -> None:
         assert self._guardian is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from rankrun.errors import UsageError
 from rankrun.gang import run_attempts
 from rankrun.host import Host
 from rankrun.options import Options
@@ -12,6 +13,10 @@ from rankrun.outcome import Outcome, signal_name
 from rankrun.plan import Plan, build_plan, usable_cores
 from rankrun.printer import Printer
 from rankrun.watch import Interrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.agent import Agent
 
 
 def launch(
@@ -32,6 +37,10 @@ def launch(
     plan = build_plan(script, args, options, env)
     events = plan.layout.events if plan.layout is not None else None
     printer = Printer(timestamps=options.timestamps, events_path=events)
+    agent = None
+    if plan.nnodes > 1:
+        agent = _join(plan, script, args, options, printer)
+        plan = agent.plan
     if plan.layout is None:
         plan = plan._replace(error_dir=_make_error_dir(plan))
     outcome = None
@@ -39,10 +48,16 @@ def launch(
         _announce(plan, printer)
         grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
         with Host(printer, grace, nproc, plan.token) as host:
-            outcome = run_attempts(plan, host, printer)
+            if agent is None:
+                outcome = run_attempts(plan, host, printer)
+            else:
+                outcome = agent.run(host, printer)
             _end_escaped(host, printer)
             host.raise_on_terminating()
-            _conclude(outcome, plan, options, printer)
+            if agent is None:
+                _conclude(outcome, plan, options, printer)
+            else:
+                agent.conclude(outcome, printer, options.summary_json)
     except Interrupted as e:
         if outcome is None:
             raise
@@ -52,9 +67,28 @@ def launch(
         )
     finally:
         printer.close()
+        if agent is not None:
+            agent.close()
         if plan.error_dir is not None:
             _remove_error_dir(plan.error_dir)
     return outcome
+
+
+def _join(
+    plan: Plan, script: str, args: Sequence[str], options: Options, printer: Printer
+) -> Agent:
+    """A multi-node run: meet the other nodes through torch's store, or say why not."""
+    from rankrun import control
+
+    try:
+        control.torch_distributed()
+    except ImportError:
+        raise UsageError(
+            f"--nnodes {plan.nnodes} needs torch, to coordinate the nodes: pip install torch"
+        ) from None
+    from rankrun.agent import Agent
+
+    return Agent.join(plan, script, args, options.run_id is not None, printer)
 
 
 def _make_error_dir(plan: Plan) -> str | None:

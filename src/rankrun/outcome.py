@@ -109,6 +109,13 @@ class RankResult(NamedTuple):
         return self.ending.at - self.started_at
 
 
+class Stop(NamedTuple):
+    """Why the job's other nodes ended this node's attempt, and the job's exit code."""
+
+    reason: str
+    exit_code: int
+
+
 class Attempt(NamedTuple):
     number: int
     """0 for the first attempt, then 1, 2, ... as TORCHELASTIC_RESTART_COUNT counts them."""
@@ -119,6 +126,8 @@ class Attempt(NamedTuple):
     """The signal that made the launcher end this attempt, if one came before it ended."""
     launcher_error: str | None = None
     """Why the launcher itself could not start a rank, if it could not."""
+    stopped: Stop | None = None
+    """Another node ended the attempt: a failure there, a lost node, an interrupt."""
 
     @property
     def exit_code(self) -> int:
@@ -127,6 +136,8 @@ class Attempt(NamedTuple):
             return 128 + self.interrupted_by
         if self.cause is not None:
             return self.cause.code
+        if self.stopped is not None:
+            return self.stopped.exit_code
         return 1 if self.launcher_error else 0
 
 

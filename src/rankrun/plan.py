@@ -128,9 +128,16 @@ class Plan(NamedTuple):
         env[TOKEN_VAR] = self.token
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # A crash in native code then prints each thread's Python stack, for the report.
+        env.setdefault("PYTHONFAULTHANDLER", "1")
         if self.omp_num_threads is not None:
             env["OMP_NUM_THREADS"] = str(self.omp_num_threads)
         return env
+
+
+def default_error_dir(plan: Plan) -> str:
+    """Where ranks write error.json without a log directory; ``launch()`` creates it."""
+    return os.path.join(plan.base_env.get("TMPDIR") or "/tmp", f"rankrun-{plan.token}")
 
 
 def usable_cores() -> int:
@@ -172,7 +179,7 @@ def build_plan(
         nproc_per_node=nproc,
         nnodes=o.nnodes,
         node_rank=o.node_rank,
-        rendezvous=meeting.with_port_chosen(o.standalone),
+        rendezvous=meeting.with_port_chosen(o.standalone) if o.nnodes == 1 else meeting,
         run_id=run_id,
         role=o.role,
         max_restarts=o.max_restarts,

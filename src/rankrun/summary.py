@@ -13,7 +13,7 @@ def summary(outcome: Outcome, host: str, run_id: str) -> dict[str, Any]:
     last = outcome.attempts[-1]
     cause = None
     if last.cause is not None:
-        cause = {**_rank(last.cause), "error": "\n".join(error_lines(last.cause))}
+        cause = {**rank_row(last.cause), "error": "\n".join(error_lines(last.cause))}
     return {
         "run_id": run_id,
         "host": host,
@@ -36,11 +36,11 @@ def _attempt(attempt: Attempt) -> dict[str, Any]:
         "exit_code": attempt.exit_code,
         "cause_rank": attempt.cause.rank if attempt.cause else None,
         "interrupted_by": signal_name(interrupted) if interrupted else None,
-        "ranks": [_rank(r) for r in attempt.ranks],
+        "ranks": [rank_row(r) for r in attempt.ranks],
     }
 
 
-def _rank(r: RankResult) -> dict[str, Any]:
+def rank_row(r: RankResult) -> dict[str, Any]:
     state = "failed" if r.failed else "terminated" if r.terminated else "exited"
     return {
         "rank": r.rank,

@@ -31,7 +31,14 @@ class Signalled(NamedTuple):
     signum: int
 
 
-Event = Exited | Signalled
+class Stopped(NamedTuple):
+    """Another node has ended the job: this node's ranks must go too."""
+
+    reason: str
+    exit_code: int
+
+
+Event = Exited | Signalled | Stopped
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,221 @@
+"""Across nodes: one job, one failure domain, one report. Several agents, real TCPStores."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Runs, wait_gone
+from netns import make_hosts_fixture  # noqa: F401
+
+from rankrun.ports import free_port
+
+pytest.importorskip("torch")
+
+# A gloo rank: all_reduce, then fail if told to, then hold in a barrier.
+RANK = """
+import os, sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, attempt = dist.get_rank(), os.environ["TORCHELASTIC_RESTART_COUNT"]
+total = torch.tensor([float(rank)])
+dist.all_reduce(total)
+print(f"rank {rank} attempt {attempt} sum {total.item():g}", flush=True)
+open(f"up.{rank}.{attempt}", "w").close()
+if os.environ.get("FAIL_RANK") == str(rank) and attempt in os.environ.get("FAIL_IN", "0"):
+    time.sleep(0.3)
+    sys.exit(7)
+time.sleep(float(os.environ.get("HOLD", "0")))
+dist.barrier()
+"""
+
+
+class Job:
+    """Agents of one job on this host, each a rankrun with its own --node-rank."""
+
+    def __init__(self, runs: Runs, nnodes: int, *flags: str, addr: str = "127.0.0.1") -> None:
+        self.runs, self.nnodes = runs, nnodes
+        self.port = str(free_port())
+        self.common = ["--nnodes", str(nnodes), "--master-addr", addr, "--master-port",
+                       self.port, *flags]  # fmt: skip
+        runs.script("rank.py", RANK, executable=False)
+        self.agents: list[subprocess.Popen[str]] = []
+
+    def argv(self, node: int, *extra: str) -> list[str]:
+        return [*self.common, "--node-rank", str(node), *extra, "rank.py"]
+
+    def start(self, node: int, *extra: str, **env: str) -> subprocess.Popen[str]:
+        self.runs.env.update(env)
+        agent = self.runs.start(*self.argv(node, *extra))
+        self.agents.append(agent)
+        return agent
+
+    def start_all(self, **env: str) -> list[subprocess.Popen[str]]:
+        return [self.start(node, **env) for node in range(self.nnodes)]
+
+    def finish(self, timeout: float = 90) -> list[tuple[int, str]]:
+        """Each agent's exit code and stderr, in the order started."""
+        return [(a.wait(timeout), a.communicate()[1]) for a in self.agents]
+
+
+def _last(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("rankrun: ")]
+
+
+def test_three_nodes_train_and_end_with_the_same_weights(runs: Runs) -> None:
+    demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"
+    port = str(free_port())
+    agents = [
+        runs.start(
+            "--nnodes",
+            "3",
+            "--node-rank",
+            str(node),
+            "--master-port",
+            port,
+            str(demo),
+            "--steps",
+            "5",
+        )  # fmt: skip
+        for node in range(3)
+    ]
+    outs = [a.communicate(timeout=120) for a in agents]
+    assert [a.returncode for a in agents] == [0, 0, 0], outs[0][1]
+    assert sum(out.count("weights match rank 0") for out, _ in outs) == 3
+
+
+def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None:
+    job = Job(runs, 2, "--nproc-per-node", "2", "--summary-json", "s.json")
+    job.start_all(FAIL_RANK="3", HOLD="60")
+    (code0, err0), (code1, err1) = job.finish()
+    assert (code0, code1) == (7, 7), err0
+    report = err0[err0.index("root cause") :]
+    assert report.startswith("root cause: rank 3 (local rank 1, node 1, host ")
+    assert "node 0 (" in report and "node 1 (" in report
+    assert "Connection closed" not in report
+    assert "the job ended: rank 3 on node 1" in _last(err1)[-1]
+    assert (runs.workdir / "s.json").exists()
+
+
+@pytest.mark.parametrize("what", ["nproc", "node_rank"])
+def test_nodes_that_disagree_all_stop_with_the_same_line(runs: Runs, what: str) -> None:
+    if what == "nproc":
+        job = Job(runs, 2)
+        job.start(0, "--nproc-per-node", "1")
+        job.start(1, "--nproc-per-node", "2")
+        expected = "--nproc-per-node: node 0 has 1, node 1 has 2"
+    else:
+        job = Job(runs, 3)
+        for node in (0, 1, 1):
+            job.start(node)
+        expected = "--node-rank 1 is claimed by two agents"
+    results = job.finish()
+    assert {code for code, _ in results} == {2}
+    lines = {err.strip().splitlines()[-1] for _, err in results}
+    assert len(lines) == 1, lines
+    assert expected in lines.pop()
+    assert not list(runs.workdir.glob("up.*")), "no rank started"
+
+
+def test_an_agent_of_another_job_is_told_and_changes_nothing(runs: Runs) -> None:
+    job = Job(runs, 2, "--run-id", "ours")
+    job.start_all(HOLD="3")
+    runs.wait_for_files("up.*", 2, timeout=60)
+    stranger = runs.run(*job.argv(1)[:-1], "--run-id", "theirs", "rank.py", timeout=60)
+    assert stranger.returncode == 2
+    assert "is held by rankrun job ours" in stranger.stderr
+    assert [code for code, _ in job.finish()] == [0, 0]
+
+
+def test_garbage_on_the_port_does_not_disturb_the_job(runs: Runs) -> None:
+    job = Job(runs, 2)
+    job.start_all(HOLD="2")
+    runs.wait_for_files("up.*", 2, timeout=60)
+    import socket
+
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", bytes(range(256)) * 8):
+        with socket.create_connection(("127.0.0.1", int(job.port))) as s:
+            s.sendall(junk)
+    assert [code for code, _ in job.finish()] == [0, 0]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_lost_node_is_noticed_and_ends_the_job(runs: Runs, how: int) -> None:
+    job = Job(runs, 2, "--node-timeout", "2", "--shutdown-timeout", "2")
+    node0, node1 = job.start_all(HOLD="120")
+    runs.wait_for_files("up.*", 2, timeout=60)
+    started = time.monotonic()
+    node1.send_signal(how)
+    code0 = node0.wait(timeout=30)
+    took = time.monotonic() - started
+    err0 = node0.communicate()[1]
+    if how == signal.SIGSTOP:
+        node1.send_signal(signal.SIGCONT)  # it finds itself cut off, and ends its ranks
+        assert node1.wait(timeout=30) != 0
+    assert code0 == 1
+    assert "node 1 (" in err0 and "lost: no heartbeat for 2 s" in err0
+    assert took < 2 + 5, took
+    assert wait_gone(runs.tag, timeout=10) == []
+
+
+def test_ctrl_c_on_any_node_ends_the_job_on_every_node(runs: Runs) -> None:
+    job = Job(runs, 2)
+    node0, node1 = job.start_all(HOLD="120")
+    runs.wait_for_files("up.*", 2, timeout=60)
+    node1.send_signal(signal.SIGINT)
+    (code0, err0), (code1, err1) = job.finish(timeout=30)
+    assert (code0, code1) == (130, 130)
+    assert "stopped: interrupted on node 1" in err0
+    assert "the job ended: interrupted on node 1" in err1
+
+
+def test_restarts_are_job_wide(runs: Runs) -> None:
+    job = Job(runs, 2, "--max-restarts", "1")
+    job.start_all(FAIL_RANK="1", FAIL_IN="0")
+    results = job.finish()
+    assert [code for code, _ in results] == [0, 0], results[0][1]
+    assert sorted(p.name for p in runs.workdir.glob("up.*")) == [
+        "up.0.0", "up.0.1", "up.1.0", "up.1.1",
+    ]  # fmt: skip
+    assert all("restart 1 of 1" in err for _, err in results)
+
+
+def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) -> None:
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    runs.env["PYTHONPATH"] = str(fake.parent)
+    runs.script("rank.sh", "touch ran\n")
+    result = runs.run("--nnodes", "2", "--master-port", str(free_port()), "./rank.sh")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "rankrun: error: --nnodes 2 needs torch, to coordinate the nodes: pip install torch"
+    ]
+
+
+def test_a_partition_ends_the_ranks_on_both_sides(runs: Runs, make_hosts) -> None:  # type: ignore[no-untyped-def]
+    hosts = make_hosts(2)
+    port = str(free_port())
+    runs.script("rank.py", RANK, executable=False)
+    runs.env.update(HOLD="120", GLOO_SOCKET_IFNAME="eth0")  # the hosts' one interface
+    agents = []
+    for node in range(2):
+        argv = runs.argv("--nnodes", "2", "--node-rank", str(node), "--master-addr",
+                         hosts.addrs[0], "--master-port", port, "--node-timeout", "2",
+                         "--shutdown-timeout", "2", "rank.py")  # fmt: skip
+        agents.append(subprocess.Popen(hosts.argv(node, argv), env=runs.env, cwd=runs.workdir,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True))  # fmt: skip
+    runs.wait_for_files("up.*", 2, timeout=60)
+    hosts.link_down(1)
+    started = time.monotonic()
+    codes = [a.wait(timeout=30) for a in agents]
+    assert time.monotonic() - started < 2 + 2 + 5
+    errs = [a.communicate()[1] for a in agents]
+    assert codes == [1, 1], errs
+    assert "node 1 (" in errs[0] and "lost" in errs[0]
+    assert "cut off from the job's store" in errs[1]
+    assert wait_gone(runs.tag, timeout=10) == []
