@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
+from rankrun.errors import UsageError
 from rankrun.hostlist import first_host
+from rankrun.values import NamedTuple
 
 PORT_BASE = 20000  # ports 20000-29999: below Linux's ephemeral range (32768 up)
 _SPECIAL_STEP = 0xFFFFFFF0  # Slurm's batch, extern and interactive steps sit above this
@@ -64,6 +65,33 @@ def slurm_step(env: Mapping[str, str]) -> SlurmStep | None:
         tasks_per_node=tasks,
         gpus_on_node=_int(env, "SLURM_GPUS_ON_NODE") if gpus else None,
     )
+
+
+def from_slurm(
+    env: Mapping[str, str], given: dict[str, object], argv: Sequence[str]
+) -> tuple[str, ...]:
+    """Fill the settings a step decides (nodes, node rank, node 0's address and port, GPUs)
+    into ``given`` where no flag or PET_ variable set them; return the note to print."""
+    try:
+        step = slurm_step(env)
+    except ValueError as e:
+        raise UsageError(f"inside Slurm: {e}") from None
+    if step is None or ("nnodes" in given and "node_rank" in given):
+        return ()
+    if several_tasks_per_node(step):
+        raise UsageError(
+            f"srun started {max(step.tasks_per_node)} rankruns on one node, and each starts "
+            f"every rank of that node: run one per node, as {srun_command(step, argv)}"
+        )
+    taken = {"nnodes": step.nnodes, "node_rank": step.node_rank,
+             "master_addr": step.master_addr, "master_port": step.master_port}  # fmt: skip
+    if step.gpus_on_node:
+        taken["nproc_per_node"] = step.gpus_on_node
+    taken["run_id"] = f"slurm-{step.job_id}.{step.step_id}"
+    taken = {name: value for name, value in taken.items() if name not in given}
+    given.update(taken)
+    flags = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in taken.items())
+    return (f"from Slurm job {step.job_id} step {step.step_id}: {flags}",) if flags else ()
 
 
 def master_port(job_id: int, step_id: int) -> int:
