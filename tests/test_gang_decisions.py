@@ -42,6 +42,8 @@ class ScriptedHost:
         self.exited: set[int] = set()
         self.lingering: set[int] = set()
         self.paused = 0
+        self.last_output = self.clock
+        self.stack_requests: list[list[tuple[int, int]]] = []
         self._spawn_fails = spawn_fails
 
     def now(self) -> float:
@@ -90,6 +92,10 @@ class ScriptedHost:
 
     def pause(self) -> None:
         self.paused += 1
+
+    def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
+        self.stack_requests.append(ranks)
+        return [f"[rank{rank}]: at work" for rank, _ in ranks]
 
 
 def exit_(pid: int, code: int | None = 0, sig: int | None = None) -> Exited:
@@ -181,3 +187,30 @@ def test_restarts_run_the_gang_again_until_they_run_out(restarts: int, expected:
     outcome = run_attempts(plan(1, max_restarts=restarts), host, Events())  # type: ignore[arg-type]
     assert [a.number for a in outcome.attempts] == list(range(expected))
     assert outcome.exit_code == 4
+
+
+def test_a_stall_is_reported_once_per_quiet_period_with_every_stack() -> None:
+    host = ScriptedHost([(1.0, [])] * 30 + [(0.1, [exit_(100), exit_(101)])])
+    attempt, events = supervise(host, ranks=2, stall_timeout=5.0)
+    assert events.lines.count("stalled: no output for 5 s; every rank's stack:") == 1
+    assert host.stack_requests == [[(0, 100), (1, 101)]]
+    assert "[rank1]: at work" in events.lines
+    assert attempt.exit_code == 0, "dump: the job goes on"
+
+
+def test_on_stall_stop_ends_the_job_with_124() -> None:
+    host = ScriptedHost([(1.0, [])] * 6 + [(0.1, [exit_(100, None, TERM)])])
+    attempt, _ = supervise(host, ranks=1, stall_timeout=5.0, on_stall="stop")
+    assert (100, TERM) in host.signals
+    assert attempt.exit_code == 124 and attempt.stopped is not None
+    assert attempt.ranks[0].terminated
+
+
+def test_a_rank_that_outlives_the_grace_has_its_stack_shown_before_sigkill() -> None:
+    host = ScriptedHost([(0.5, [exit_(100, 1)])])
+    _, events = supervise(host, ranks=2, shutdown_timeout=3.0)
+    assert "rank(s) 1 did not stop within 3 s; they were at:" in events.lines
+    assert host.stack_requests == [[(1, 101)]]
+    assert events.lines.index("[rank1]: at work") < events.lines.index(
+        "sent SIGKILL to 1 rank group(s)"
+    )

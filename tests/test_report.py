@@ -62,3 +62,23 @@ def test_signal_death_is_named_with_its_meaning_and_code() -> None:
 
 def test_a_clean_run_has_no_report() -> None:
     assert format_report(Outcome((Attempt(0, (_result(0), _result(1)), None),)), "h") == []
+
+
+def test_faulthandler_stacks_after_a_native_crash_are_the_error() -> None:
+    tail = (
+        "Traceback (most recent call last):\n  caught and logged earlier\nKeyError: 1\n"
+        "Fatal Python error: Segmentation fault\n\n"
+        "Current thread 0x00007f2a (most recent call first):\n"
+        '  File "t.py", line 4 in load_shard\n'
+        '  File "t.py", line 6 in <module>\n\n'
+        "Extension modules: numpy.core._multiarray_umath (total: 1)\n"
+    )
+    assert error_lines(_result(1, code=None, sig=signal.SIGSEGV, tail=tail)) == [
+        "Fatal Python error: Segmentation fault",
+        "",
+        "Current thread 0x00007f2a (most recent call first):",
+        '  File "t.py", line 4 in load_shard',
+        '  File "t.py", line 6 in <module>',
+        "",
+        "Extension modules: numpy.core._multiarray_umath (total: 1)",
+    ]

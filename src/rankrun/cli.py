@@ -1,5 +1,8 @@
 """The ``rankrun`` command: signals first, then the command line, then ``launch()``.
 
+``rankrun stacks`` and ``rankrun status`` look into a running job instead: only when the
+first argument is exactly one of those words (a training script so named runs as ./stacks).
+
 Every user mistake becomes one line and exit code 2. A terminating signal is handled from
 the first instruction: before anything is spawned it ends the command with 128+N and one
 line, never a traceback.
@@ -13,6 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from rankrun.watch import TERMINATING, Interrupted, interrupt
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.options import Options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,14 +43,37 @@ def _open_stdio() -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from rankrun import launcher
     from rankrun.errors import UsageError
-    from rankrun.flags import parse
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        command = parse(argv, os.environ)
-        outcome = launcher.launch(command.script, command.args, command.options)
+        if args and args[0] in ("stacks", "status"):
+            from rankrun.inquiry import main as inquire
+
+            return inquire(args)
+        return _launch(args)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2
-    return outcome.exit_code
+
+
+def _launch(args: Sequence[str]) -> int:
+    from rankrun import launcher
+    from rankrun.flags import parse
+
+    command = parse(args, os.environ)
+    for note in command.notes:
+        print(f"rankrun: {note}", file=sys.stderr)
+    if command.options.dry_run:
+        return _dry_run(command.script, command.args, command.options)
+    return launcher.launch(command.script, command.args, command.options).exit_code
+
+
+def _dry_run(script: str, args: Sequence[str], options: Options) -> int:
+    """Print each rank's argv and environment, as a real run would build them; start none."""
+    from rankrun.dryrun import dry_run_lines
+    from rankrun.plan import build_plan
+
+    for line in dry_run_lines(build_plan(script, args, options)):
+        print(line)
+    return 0

@@ -29,18 +29,28 @@ class Command(NamedTuple):
     script: str
     args: list[str]
     options: Options
+    notes: tuple[str, ...] = ()
+    """What the command took from its surroundings (Slurm), for the user to read."""
 
 
 def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Command:
-    """The command line as a script, its arguments and every setting; raises UsageError."""
+    """The command line as a script, its arguments and every setting; raises UsageError.
+
+    A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     given = vars(args)
     for action in parser._actions:
         if action.dest in _DEFAULTS and action.dest not in given:
             _from_environment(action, env, given)
+    notes: tuple[str, ...] = ()
+    if "SLURM_JOB_ID" in env:
+        from rankrun.slurm import from_slurm
+
+        notes = from_slurm(env, given, list(argv or ()))
     options = Options(**{n: v for n, v in given.items() if n in _DEFAULTS})
-    return Command(args.training_script, args.training_script_args, options)
+    return Command(args.training_script, args.training_script_args, options, notes)
 
 
 def _from_environment(
@@ -103,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rankrun",
         description="Launch a gang of training ranks that live and die together.",
         epilog="Every flag may also be set as PET_<FLAG>, as torchrun reads it; "
-        "the command line wins.",
+        "the command line wins. "
+        "rankrun stacks [RUN_ID] prints the Python stack of every rank of a running job, and "
+        "rankrun status [RUN_ID] one line per rank; to run a script named stacks or status, "
+        "write ./stacks or ./status.",
         formatter_class=_Formatter,
         argument_default=argparse.SUPPRESS,
     )
@@ -143,7 +156,13 @@ def _add_job_flags(p: argparse._ActionsContainer) -> None:
         help="seconds between SIGTERM and SIGKILL when tearing down",
     )
     _add(p, "--run-id", "--rdzv-id", help="the job's id: TORCHELASTIC_RUN_ID, log directory")
-    _add(p, "--role", help="ROLE_NAME of the ranks")  # fmt: skip
+    _add(p, "--role", help="ROLE_NAME of the ranks")
+    _add(
+        p,
+        "--dry-run",
+        action="store_true",
+        help="print each rank's argv and the environment rankrun sets; start nothing",
+    )
 
 
 def _add_rendezvous_flags(g: argparse._ActionsContainer) -> None:
@@ -232,6 +251,19 @@ def _add_output_flags(g: argparse._ActionsContainer) -> None:
         "--tee",
         metavar="SPEC",
         help="send streams to the log files and the console, with -r's syntax",
+    )
+    _add(
+        g,
+        "--stall-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="no line from any rank for this long: show every rank's stack (py-spy)",
+    )
+    _add(
+        g,
+        "--on-stall",
+        choices=("dump", "stop"),
+        help="after showing the stacks of a stall, go on (dump) or end the job (stop)",
     )
     _add(g, "--summary-json", metavar="PATH",
          help="write each rank's outcome and the root cause as JSON")  # fmt: skip

@@ -19,6 +19,8 @@ from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Stop
 _GROUP_RECHECK_S = 0.1
 # After SIGKILL the kernel needs a moment; past it, give up waiting.
 _KILL_WAIT_S = 2.0
+# --on-stall stop: the exit code timeout(1) gives a command that ran out of time.
+STALL_EXIT_CODE = 124
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is for mypy
@@ -37,12 +39,17 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def group_gone(self, pgid: int) -> None: ...
         def wait(self, timeout: float | None) -> list[Event]: ...
         def pause(self) -> None: ...
+        def stacks(self, ranks: list[tuple[int, int]]) -> list[str]: ...
+
+        @property
+        def last_output(self) -> float: ...
 
     class Coordinator(Protocol):
         """The node agent, told of what ends an attempt here, to end it on every node."""
 
         def failed(self, result: RankResult) -> None: ...
         def interrupted(self, signum: int) -> None: ...
+        def stopped(self, stop: Stop) -> None: ...
 
 
 def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
@@ -81,6 +88,8 @@ class Gang:
         self.plan, self.attempt, self.host, self.printer = plan, attempt, host, printer
         self.coordinator = coordinator
         self.stopped: Stop | None = None
+        self.stall_seen: float | None = None
+        """The output time of the quiet period last reported as a stall."""
         self.members: list[_Member] = []
         self.live: dict[int, _Member] = {}
         """Members not yet seen to exit, by pid."""
@@ -142,7 +151,9 @@ class Gang:
                 self.printer.event(e.reason)
                 self._teardown(signal.SIGTERM)
         if self._past_deadline() and not self.killed:
+            self._say_where_they_are()
             self._kill()
+        self._check_stall()
 
     def _exited(self, e: Exited) -> _Member:
         member = self.live.pop(e.pid)
@@ -199,6 +210,37 @@ class Gang:
                 f"SIGKILL in {grace:g} s (Ctrl-C to kill now)"
             )
 
+    def _check_stall(self) -> None:
+        """--stall-timeout: no output for that long is reported, once per quiet period."""
+        limit, quiet_since = self.plan.stall_timeout, self.host.last_output
+        if not limit or self.deadline is not None or self.stall_seen == quiet_since:
+            return
+        if self.host.now() - quiet_since < limit:
+            return
+        self.stall_seen = quiet_since
+        self.printer.event(f"stalled: no output for {limit:g} s; every rank's stack:")
+        for line in self.host.stacks(self._live_ranks()):
+            self.printer.event(line)
+        if self.plan.on_stall == "stop":
+            self.stopped = Stop(f"stalled: no rank wrote a line for {limit:g} s", STALL_EXIT_CODE)
+            self._teardown(signal.SIGTERM)
+            if self.coordinator is not None:
+                self.coordinator.stopped(self.stopped)
+
+    def _say_where_they_are(self) -> None:
+        """Before SIGKILL: where each rank that ignored the teardown was."""
+        ranks = self._live_ranks()
+        if not ranks:
+            return
+        names = ", ".join(str(rank) for rank, _ in ranks)
+        grace = self.plan.shutdown_timeout
+        self.printer.event(f"rank(s) {names} did not stop within {grace:g} s; they were at:")
+        for line in self.host.stacks(ranks):
+            self.printer.event(line)
+
+    def _live_ranks(self) -> list[tuple[int, int]]:
+        return [(m.spec.rank, m.pid) for m in self.members if m.pid and m.ending is None]
+
     def _kill(self) -> None:
         count = self._signal_groups(signal.SIGKILL)
         if count and not self.killed:
@@ -244,6 +286,9 @@ class Gang:
         timeout = None
         if self.deadline is not None:
             timeout = max(0.0, self.deadline - self.host.now())
+        elif self.plan.stall_timeout:
+            due = self.host.last_output + self.plan.stall_timeout - self.host.now()
+            timeout = max(0.0, due) if self.stall_seen != self.host.last_output else None
         if not self.live:
             timeout = min(timeout if timeout is not None else _GROUP_RECHECK_S, _GROUP_RECHECK_S)
         return timeout

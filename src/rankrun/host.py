@@ -15,6 +15,7 @@ from types import TracebackType
 
 from rankrun.guardian import Guardian
 from rankrun.libc import set_subreaper
+from rankrun.live import LiveRun
 from rankrun.outcome import Ending, RankResult
 from rankrun.plan import RankSpec
 from rankrun.printer import Printer
@@ -34,6 +35,9 @@ class Host:
         self._subreaper = False
         self._ranks: dict[int, Rank] = {}
         self._news: list[Event] = []
+        self._live = LiveRun(printer.event)
+        self.last_output = time.monotonic()
+        """When a rank last wrote something that passes through rankrun."""
 
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
@@ -51,6 +55,7 @@ class Host:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._live.close()
         try:
             if self._guardian is not None:
                 self._watch.remove_reader(self._guardian.lifeline)
@@ -70,12 +75,16 @@ class Host:
         assert self._guardian is not None
         self._guardian.guard(rank.pid)
         for relay in rank.relays:
-            self._watch.add_reader(relay.fd, functools.partial(self._on_output, relay))
+            self._watch.add_reader(relay.fd, functools.partial(self._on_output, relay, rank.pid))
         self._ranks[rank.pid] = rank
+        self._live.started(spec, rank.pid)
         return rank.pid
 
-    def _on_output(self, relay: Relay) -> None:
-        if not relay.read():
+    def _on_output(self, relay: Relay, pid: int) -> None:
+        self.last_output = time.monotonic()
+        if relay.read():
+            self._live.output(pid)
+        else:
             self._end_relay(relay)
 
     def _end_relay(self, relay: Relay) -> None:
@@ -123,7 +132,7 @@ class Host:
 
     def wait(self, timeout: float | None) -> list[Event]:
         """Block until something happens or ``timeout`` passes; exits come first."""
-        signals = self._watch.wait(timeout)
+        signals = self._watch.wait(self._live.tick(timeout))
         news, self._news = self._news, []
         if not signals or signals[0].signum != signal.SIGCHLD:
             return [*signals, *news]
@@ -156,6 +165,16 @@ class Host:
                 os.killpg(os.getpgid(pid), signum)
             except ProcessLookupError:
                 pass
+
+    def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
+        """The Python stacks of ranks given as (rank, pid), labelled; or why there are none."""
+        from rankrun.stacks import StacksError, dump, format_dumps
+
+        try:
+            dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
+        except StacksError as e:
+            return [f"no stacks: {e}"]
+        return format_dumps(dumps).splitlines()
 
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would."""

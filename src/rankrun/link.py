@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from rankrun import control
-from rankrun.outcome import RankResult
+from rankrun.outcome import RankResult, Stop
 from rankrun.watch import Event, Stopped
 
 POLL = 0.05
@@ -80,6 +80,12 @@ class Link:
         reason = f"interrupted on node {self.node_rank} ({self.host}) by {name}"
         attempt = self.attempt
         self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, 128 + signum))
+        self._kick.set()
+
+    def stopped(self, stop: Stop) -> None:
+        attempt = self.attempt
+        reason = f"{stop.reason} on node {self.node_rank} ({self.host})"
+        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, stop.exit_code))
         self._kick.set()
 
     def take(self) -> list[Event]:

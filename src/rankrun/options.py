@@ -43,3 +43,10 @@ class Options(NamedTuple):
     redirects: str = "0"
     tee: str = "0"
     summary_json: str | None = None
+    stall_timeout: float | None = None
+    """Seconds without a line from any rank before every rank's stack is shown."""
+    on_stall: str = "dump"
+    """``dump``: show the stacks and go on; ``stop``: also end the job (exit code 124)."""
+    dry_run: bool = False
+    """``--dry-run``: print what each rank would run, and start nothing. The command line
+    reads it; ``launch()`` does not (print ``dryrun.dry_run_lines(build_plan(...))``)."""

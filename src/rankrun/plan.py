@@ -63,6 +63,9 @@ class Plan(NamedTuple):
     layout: Layout | None
     """Where the log files go, or None without a log directory."""
     local_rank_arg: bool = False
+    stall_timeout: float | None = None
+    """--stall-timeout: seconds without output before every rank's stack is shown."""
+    on_stall: str = "dump"
     token: str = ""
     """Carried by every process of the run, so that what escapes its group can be found."""
     error_dir: str | None = None
@@ -189,6 +192,8 @@ def build_plan(
         output=output,
         layout=layout,
         local_rank_arg=o.local_rank_arg and not o.use_env,
+        stall_timeout=o.stall_timeout,
+        on_stall=o.on_stall,
         token=os.urandom(8).hex(),
     )
 

@@ -9,6 +9,8 @@ from rankrun.outcome import Attempt, Outcome, RankResult, signal_name
 _TAIL_LINES = 20
 _MAX_TRACEBACK_LINES = 40
 _TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
+# A Python traceback, or faulthandler's stacks after a crash in native code.
+_ERROR_STARTS = ("Traceback (most recent", "Fatal Python error: ")
 
 
 def format_report(outcome: Outcome, host: str) -> list[str]:
@@ -26,6 +28,9 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
                 f"interrupted: rankrun got {signal_name(last.interrupted_by)} during the "
                 f"teardown of rank {last.cause.rank}'s failure"
             )
+    elif last.stopped is not None:
+        lines.append(f"stopped: {last.stopped.reason}")
+        lines.append(others_line(last))
     elif last.launcher_error is not None:
         lines.append(f"rankrun failed: {last.launcher_error}")
         lines.append(others_line(last))
@@ -93,9 +98,10 @@ def _ranks(results: list[RankResult]) -> str:
 
 
 def error_lines(result: RankResult) -> list[str]:
-    """The rank's error: its traceback, else its error.json message, else its stderr's end."""
+    """The rank's error: its last traceback or fatal error's stacks, else its error.json
+    message, else its stderr's end."""
     lines = [_TORCH_LABEL.sub("", line) for line in result.stderr_tail.splitlines()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    starts = [i for i, line in enumerate(lines) if line.startswith(_ERROR_STARTS)]
     if starts:
         return _shorten(lines[starts[-1] :])
     from_file = _error_file_lines(result.error_file)

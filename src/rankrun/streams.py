@@ -82,6 +82,7 @@ class OutputOptions(NamedTuple):
     redirects: StreamSpec = StreamSpec()
     tee: StreamSpec = StreamSpec()
     label_template: str | None = None
+    watched: bool = False
 
     def label(self, *, rank: int, local_rank: int, role_name: str) -> str:
         """A rank's label: torch's ``[rankN]:``, or the template's."""
@@ -107,7 +108,10 @@ def output_options(o: Options, nproc: int, env: Mapping[str, str]) -> OutputOpti
     if o.local_ranks_filter is not None:
         ranks_filter = parse_ranks_filter(o.local_ranks_filter, nproc)
     template = o.log_line_prefix_template or env.get("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE")
-    return OutputOptions(o.prefix, ranks_filter, o.timestamps, log_dir, redirects, tee, template)
+    watched = bool(o.stall_timeout)
+    return OutputOptions(
+        o.prefix, ranks_filter, o.timestamps, log_dir, redirects, tee, template, watched
+    )
 
 
 class Route(NamedTuple):
@@ -117,11 +121,14 @@ class Route(NamedTuple):
     labelled: bool
     stamped: bool
     file: str | None
+    watched: bool = False
+    """The stall watchdog must see the stream's output, so it passes through rankrun."""
 
     @property
     def inherited(self) -> bool:
         """Straight to the launcher's own stream: zero cost, nothing relayed."""
-        return self.console and not (self.labelled or self.stamped) and self.file is None
+        relayed = self.labelled or self.stamped or self.watched
+        return self.console and not relayed and self.file is None
 
 
 def rank_routes(
@@ -144,6 +151,7 @@ def rank_routes(
             labelled=labelled,
             stamped=options.timestamps,
             file=files[stream] if files and filed & stream else None,
+            watched=options.watched,
         )
         for stream in STREAMS
     )

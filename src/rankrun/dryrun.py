@@ -1,0 +1,33 @@
+"""``--dry-run``: what each rank of this node would run, and nothing started.
+
+One row per rank: its global and local rank, its argv, and each variable of its environment
+that rankrun sets or changes, shell-quoted. The plan is built as for a real run, so bad input
+gives the same one-line errors; a chosen free port and the run's token are this plan's, and
+a real run picks its own.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from rankrun.plan import Plan, default_error_dir
+
+
+def dry_run_lines(plan: Plan) -> list[str]:
+    """The table: a header, then one line per rank of this node."""
+    if plan.layout is None and plan.error_dir is None:
+        plan = plan._replace(error_dir=default_error_dir(plan))
+    rows = [("RANK", "LOCAL", "ARGV", "ENVIRONMENT SET BY RANKRUN")]
+    for spec in plan.ranks(0):
+        changed = [
+            f"{name}={shlex.quote(value)}"
+            for name, value in spec.env.items()
+            if plan.base_env.get(name) != value
+        ]
+        argv = shlex.join(spec.argv)
+        rows.append((str(spec.rank), str(spec.local_rank), argv, " ".join(changed)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        for row in rows
+    ]
