@@ -4,6 +4,7 @@ them, and nothing started; bad input is the same one line as for a real run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 
@@ -16,14 +17,19 @@ FLAGS = ["--nproc-per-node", "2", "--master-port", "0", "--run-id", "exp1", "--l
 
 
 def _table(runs: Runs, *args: str) -> list[tuple[str, str, str, dict[str, str]]]:
+    return [(rank, local, argv, env) for rank, local, _, argv, env in _rows(runs, *args)]
+
+
+def _rows(runs: Runs, *args: str) -> list[tuple[str, str, str, str, dict[str, str]]]:
     result = runs.run("--dry-run", *args)
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["RANK", "LOCAL", "ARGV", "ENVIRONMENT", "SET", "BY", "RANKRUN"]
+    header = ["RANK", "LOCAL", "CPUS", "ARGV", "ENVIRONMENT", "SET", "BY", "RANKRUN"]
+    assert lines[0].split() == header
     rows = []
     for line in lines[1:]:
-        rank, local, argv, env = re.split(r" {2,}", line, maxsplit=3)
-        rows.append((rank, local, argv, dict(v.split("=", 1) for v in shlex.split(env))))
+        rank, local, cpus, argv, env = re.split(r" {2,}", line, maxsplit=4)
+        rows.append((rank, local, cpus, argv, dict(v.split("=", 1) for v in shlex.split(env))))
     return rows
 
 
@@ -76,3 +82,15 @@ def test_bad_input_is_the_same_one_line_as_for_a_real_run(runs: Runs, case: str)
 
 def test_a_missing_script_is_the_same_one_line(runs: Runs) -> None:
     _assert_usage_error(runs, ["--dry-run", "missing.sh"], "does not exist")
+
+
+def test_cpu_bind_cores_shows_each_ranks_share_and_its_omp_threads(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    runs.env.pop("OMP_NUM_THREADS", None)
+    cpus = sorted(os.sched_getaffinity(0))
+    rows = _rows(runs, "--nproc-per-node", "2", "--master-port", "0", "--cpu-bind", "cores",
+                 "./rank.sh")  # fmt: skip
+    shares = [row[2] for row in rows]
+    if len(cpus) >= 2:
+        assert shares[0] != shares[1] and "all" not in shares
+    assert all(row[4]["OMP_NUM_THREADS"] >= "1" for row in rows)

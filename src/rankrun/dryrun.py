@@ -17,7 +17,7 @@ def dry_run_lines(plan: Plan) -> list[str]:
     """The table: a header, then one line per rank of this node."""
     if plan.layout is None and plan.error_dir is None:
         plan = plan._replace(error_dir=default_error_dir(plan))
-    rows = [("RANK", "LOCAL", "ARGV", "ENVIRONMENT SET BY RANKRUN")]
+    rows = [("RANK", "LOCAL", "CPUS", "ARGV", "ENVIRONMENT SET BY RANKRUN")]
     for spec in plan.ranks(0):
         changed = [
             f"{name}={shlex.quote(value)}"
@@ -25,9 +25,21 @@ def dry_run_lines(plan: Plan) -> list[str]:
             if plan.base_env.get(name) != value
         ]
         argv = shlex.join(spec.argv)
-        rows.append((str(spec.rank), str(spec.local_rank), argv, " ".join(changed)))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        cpus = _cpulist(spec.cpus) if spec.cpus is not None else "all"
+        rows.append((str(spec.rank), str(spec.local_rank), cpus, argv, " ".join(changed)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         for row in rows
     ]
+
+
+def _cpulist(cpus: frozenset[int]) -> str:
+    """Linux's cpulist syntax: ``0-3,8-11``."""
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][-1] + 1:
+            runs[-1].append(cpu)
+        else:
+            runs.append([cpu])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)

@@ -200,6 +200,11 @@ def _add_rendezvous_flags(g: argparse._ActionsContainer) -> None:
 def _add_script_flags(g: argparse._ActionsContainer) -> None:
     _add(g, "--no-python", action="store_true", help="run the command as given")
     _add(g, "-m", "--module", action="store_true", help="run a module: python -u -m")
+    _add(g, "--cpu-bind", choices=("none", "cores", "numa"),
+         help="bind each rank, and all it starts, to an equal share of whole cores (cores) "
+         "or to its GPU's NUMA node (numa)")  # fmt: skip
+    _add(g, "--numa-binding", choices=("node", "socket", "exclusive", "core-complex"),
+         help="torchrun's spelling: node and socket bind as numa, the others as cores")  # fmt: skip
     _add(
         g,
         "--local-rank-arg",

@@ -71,7 +71,10 @@ class Host:
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
         rank = Rank(spec, self._printer)
-        rank.start()
+        if spec.cpus is None:
+            rank.start()
+        else:
+            _bound(spec.cpus, rank.start)
         assert self._guardian is not None
         self._guardian.guard(rank.pid)
         for relay in rank.relays:
@@ -183,6 +186,20 @@ class Host:
     def raise_on_terminating(self) -> None:
         """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
         self._watch.raise_on_terminating()
+
+
+def _bound(cpus: frozenset[int], start: Callable[[], None]) -> None:
+    """Start a rank bound to ``cpus``: the child inherits this thread's affinity at fork.
+
+    Setting the launcher's own affinity around the spawn costs two system calls; binding
+    in the child (preexec_fn) would force fork over vfork, about 4 times the spawn's cost.
+    """
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        start()
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 def _command_name(pid: int) -> str:

@@ -43,6 +43,10 @@ class Options(NamedTuple):
     redirects: str = "0"
     tee: str = "0"
     summary_json: str | None = None
+    cpu_bind: str = "none"
+    """``none``, ``cores`` (an equal share of whole cores each) or ``numa`` (the GPU's node)."""
+    numa_binding: str | None = None
+    """torchrun's ``node``, ``socket``, ``exclusive`` or ``core-complex``, as a --cpu-bind."""
     stall_timeout: float | None = None
     """Seconds without a line from any rank before every rank's stack is shown."""
     on_stall: str = "dump"

@@ -79,6 +79,8 @@ class RankResult(NamedTuple):
     """The end of the rank's stderr, where rankrun saw it (not when passed straight through)."""
     error_file: str | None = None
     """The rank's TORCHELASTIC_ERROR_FILE, which torch's ``@record`` writes on an exception."""
+    gpu: str | None = None
+    """The GPU its local rank names, ``cuda:N (PCI bus id)``, on a node with GPUs."""
 
     @property
     def exit_code(self) -> int | None:

@@ -42,6 +42,10 @@ class RankSpec(NamedTuple):
     error_file: str | None
     label: str
     """The prefix of the rank's lines, without colour: ``[rank3]:`` by default."""
+    cpus: frozenset[int] | None = None
+    """The CPUs the rank is bound to, or None when it is not bound."""
+    gpu: str | None = None
+    """The GPU the rank's local rank names, as ``cuda:N (PCI bus id)``, on a node with GPUs."""
 
 
 class Plan(NamedTuple):
@@ -65,6 +69,10 @@ class Plan(NamedTuple):
     local_rank_arg: bool = False
     stall_timeout: float | None = None
     """--stall-timeout: seconds without output before every rank's stack is shown."""
+    binding: Binding | None = None
+    """Each local rank's CPUs and OMP_NUM_THREADS, with --cpu-bind."""
+    gpus: tuple[str, ...] = ()
+    """This node's GPUs, as CUDA numbers them for the ranks."""
     on_stall: str = "dump"
     token: str = ""
     """Carried by every process of the run, so that what escapes its group can be found."""
@@ -100,7 +108,9 @@ class Plan(NamedTuple):
             env["TORCHELASTIC_ERROR_FILE"] = error_file
         label = self.output.label(rank=rank, local_rank=local_rank, role_name=self.role)
         argv = self._argv(local_rank)
-        return RankSpec(rank, local_rank, argv, env, stdout, stderr, error_file, label)
+        cpus = self.binding.cpus[local_rank] if self.binding else None
+        gpu = self.gpus[local_rank % len(self.gpus)] if self.gpus else None
+        return RankSpec(rank, local_rank, argv, env, stdout, stderr, error_file, label, cpus, gpu)
 
     def _argv(self, local_rank: int) -> tuple[str, ...]:
         """torchrun's ``${local_rank}`` in the arguments, and the old launcher's flag."""
@@ -133,7 +143,9 @@ class Plan(NamedTuple):
         env.setdefault("PYTHONUNBUFFERED", "1")
         # A crash in native code then prints each thread's Python stack, for the report.
         env.setdefault("PYTHONFAULTHANDLER", "1")
-        if self.omp_num_threads is not None:
+        if self.binding is not None and "OMP_NUM_THREADS" not in self.base_env:
+            env["OMP_NUM_THREADS"] = str(self.binding.omp[local_rank])
+        elif self.omp_num_threads is not None:
             env["OMP_NUM_THREADS"] = str(self.omp_num_threads)
         return env
 
@@ -193,6 +205,8 @@ def build_plan(
         layout=layout,
         local_rank_arg=o.local_rank_arg and not o.use_env,
         stall_timeout=o.stall_timeout,
+        binding=_binding(o, nproc, base_env),
+        gpus=_gpus(base_env),
         on_stall=o.on_stall,
         token=os.urandom(8).hex(),
     )
@@ -221,6 +235,34 @@ def _nproc(value: int | str, env: Mapping[str, str]) -> int:
             raise UsageError(str(e)) from None
     check(value >= 1, f"--nproc-per-node must be at least 1, not {value}")
     return value
+
+
+class Binding(NamedTuple):
+    cpus: tuple[frozenset[int], ...]
+    omp: tuple[int, ...]
+    """OMP_NUM_THREADS for each local rank: the whole cores of its share, shared out."""
+
+
+def _binding(o: Options, nproc: int, env: Mapping[str, str]) -> Binding | None:
+    from rankrun import topology
+
+    mode = o.cpu_bind
+    if o.numa_binding is not None:
+        mode = topology.mode_from_numa_binding(o.numa_binding)
+    if mode == "none":
+        return None
+    topo = topology.cpu_topology()
+    shares = topology.bind_cpus(mode, nproc, topo, topology.gpus(env))
+    return Binding(tuple(shares), tuple(topology.omp_threads(shares, topo)))
+
+
+def _gpus(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The node's GPUs, named for the report: a directory listing, on most nodes empty."""
+    from rankrun import topology
+
+    found = topology.gpus(env)
+    return tuple(f"cuda:{g.index} ({g.pci_bus_id})" if g.pci_bus_id else f"cuda:{g.index}"
+                 for g in found)  # fmt: skip
 
 
 def _new_run_id() -> str:

@@ -139,6 +139,7 @@ class Rank:
             ending=ending,
             stderr_tail=self.stderr_tail(),
             error_file=self.spec.error_file,
+            gpu=self.spec.gpu,
         )
 
     def stderr_tail(self) -> str:

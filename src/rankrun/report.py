@@ -22,6 +22,9 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
     if last.cause is not None:
         lines.append(root_cause_line(last.cause, host))
         lines.extend(f"  {line}" for line in error_lines(last.cause))
+        cuda = cuda_error_line(last.cause)
+        if cuda is not None:
+            lines.append(cuda)
         lines.append(others_line(last))
         if last.interrupted_by is not None:
             lines.append(
@@ -43,10 +46,20 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
 
 def root_cause_line(result: RankResult, host: str) -> str:
     pid = f", pid {result.pid}" if result.pid is not None else ""
+    gpu = f", GPU {result.gpu}" if result.gpu else ""
     return (
-        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}{pid}) "
+        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}{pid}{gpu}) "
         f"{result.ending.words()} after {result.duration:.2f} s"
     )
+
+
+def cuda_error_line(result: RankResult) -> str | None:
+    """Says so when the rank died of a CUDA error, as torch words one."""
+    tail = result.stderr_tail
+    if "CUDA error" not in tail and "CUDA out of memory" not in tail:
+        return None
+    on = f" on {result.gpu}" if result.gpu else ""
+    return f"  (a CUDA error{on}: look at that GPU, or rerun with CUDA_LAUNCH_BLOCKING=1)"
 
 
 def attempt_line(attempt: Attempt) -> str:
