@@ -34,6 +34,8 @@ def launch(
     restores the previous handlers when it returns.
     """
     options = options or Options()
+    if options.dry_run:
+        raise UsageError("dry_run is the command's: build_plan() shows what a run would do")
     plan = build_plan(script, args, options, env)
     events = plan.layout.events if plan.layout is not None else None
     printer = Printer(timestamps=options.timestamps, events_path=events)

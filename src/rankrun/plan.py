@@ -251,6 +251,8 @@ def _binding(o: Options, nproc: int, env: Mapping[str, str]) -> Binding | None:
         mode = topology.mode_from_numa_binding(o.numa_binding)
     if mode == "none":
         return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise UsageError("--cpu-bind needs Linux's CPU affinity, which this system lacks")
     topo = topology.cpu_topology()
     shares = topology.bind_cpus(mode, nproc, topo, topology.gpus(env))
     return Binding(tuple(shares), tuple(topology.omp_threads(shares, topo)))
