@@ -225,6 +225,7 @@ def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
     runs.script("rank.sh", "exit 0\n")
     result = runs.gang(2, "./rank.sh")
     assert result.returncode == 0
+    assert "guardian" not in result.stderr and "ended" not in result.stderr, "init adopts it"
     assert wait_gone(runs.tag, 0) == []
     assert os.path.exists(runs.workdir / "rank.sh")
 

@@ -27,10 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, interrupt)
     _open_stdio()
     try:
-        return _run(argv)
+        code = _run(argv)
     except Interrupted as e:
         print(f"rankrun: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
+    if "torch" in sys.modules and argv is None:
+        # A node agent's work is done, and tearing torch down would take another 0.3 s.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _open_stdio() -> None:

@@ -41,7 +41,7 @@ class Guardian:
                 os._exit(0)
         os.close(groups_r)
         os.close(lifeline_w)
-        os.waitpid(middle, 0)
+        os.waitpid(middle, 0)  # gone before the launcher becomes a subreaper: init adopts
         self.pid = int(os.read(lifeline_r, 32))
         self.lifeline = lifeline_r
         """Readable, at EOF, once the guardian has died."""
