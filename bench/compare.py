@@ -1,11 +1,17 @@
 """rankrun side by side with torchrun and the bare Popen loop, on the same workloads.
 
-    python bench/compare.py            # the full set: medians of 5, up to 256 ranks
-    python bench/compare.py --quick    # a reduced set, in under a minute
+    python bench/compare.py                    # the full set: medians of 5, up to 256 ranks
+    python bench/compare.py --quick            # a reduced set, into results/quick/
+    python bench/compare.py --launch-only      # only the launch rows (--sizes 1,8,64,256)
+    python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4)
 
-Writes results/latest.md (the table), results/latest.json (every sample) and, with
+Writes results/latest.md (the tables), results/latest.json (every sample) and, with
 matplotlib, results/launch_overhead.png. Runs are interleaved launcher by launcher, and each
-figure is a median; ratios are to the bare loop measured in the same run.
+figure is a median; ratios are to the bare loop measured in the same run. A partial run
+(--launch-only, --multi-node-only, --sizes, --repeats, --agents) writes to results/partial/.
+
+The multi-node rows run N agents of one rank each on this host, rankrun's on one
+--master-port and torchrun's on one c10d --rdzv-endpoint; the bare loop has no such mode.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import platform
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +43,11 @@ RESULTS = HERE / "results"
 TAG = "BENCH_TAG"
 GNU_TIME = "/usr/bin/time"
 HANG_S = 3.0  # a launcher that has not exited this long after a rank failed is hung
+# Across nodes: longer than rankrun's --node-timeout (10 s), so that an exit on a lost node's
+# timeout still shows as a time; an agent running this long after the failure is hung.
+MULTI_HANG_S = 20.0
+MULTI_START_S = 60.0  # for N agents, each importing torch, to bring up their ranks
+FULL_SIZES, FULL_AGENTS = [1, 8, 64, 256], [2, 4]
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,48 @@ def launchers() -> dict[str, Launcher | None]:
     }
 
 
+@dataclass(frozen=True)
+class MultiNode:
+    name: str
+    argv: Callable[[int, int, int, Path], list[str]]
+    """(nodes, node rank, port, workload) -> one agent's command line."""
+
+
+def multi_node_launchers() -> dict[str, MultiNode | None]:
+    """rankrun and torchrun as N agents on 127.0.0.1, one rank each; None if absent."""
+    rankrun, torchrun = _find("rankrun"), _find("torchrun")
+
+    def rankrun_agent(nodes: int, node: int, port: int, workload: Path) -> list[str]:
+        return [str(rankrun), "--nnodes", str(nodes), "--node-rank", str(node),
+                "--master-addr", "127.0.0.1", "--master-port", str(port),
+                "--nproc-per-node", "1", "--no-python", str(workload)]  # fmt: skip
+
+    def torchrun_agent(nodes: int, node: int, port: int, workload: Path) -> list[str]:
+        # c10d assigns the node ranks (torchrun ignores --node-rank there): no --node-rank.
+        return [str(torchrun), "--nnodes", str(nodes), "--nproc-per-node", "1",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                "--no-python", str(workload)]  # fmt: skip
+
+    return {
+        "rankrun": rankrun and MultiNode("rankrun", rankrun_agent),
+        "torchrun": torchrun and MultiNode("torchrun", torchrun_agent),
+    }
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1, and one this run has not used (no TIME_WAIT clash)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
 @dataclass
 class Job:
     """One launcher process, started in a session of its own and tagged for the leftover count."""
@@ -78,8 +132,10 @@ class Job:
     started: float
 
     @classmethod
-    def start(cls, argv: list[str], work: Path, stdout: int | None = None) -> Job:
-        tag = uuid.uuid4().hex
+    def start(
+        cls, argv: list[str], work: Path, stdout: int | None = None, tag: str | None = None
+    ) -> Job:
+        tag = tag or uuid.uuid4().hex
         env = {**os.environ, TAG: tag, "BENCH_DIR": str(work)}
         started = time.time()
         proc = subprocess.Popen(
@@ -114,6 +170,60 @@ class Job:
         self.proc.wait()
 
 
+@dataclass
+class Agents:
+    """N launcher agents, one per node, all on this host; one tag covers every process."""
+
+    jobs: list[Job]
+    tag: str
+    started: float
+
+    @classmethod
+    def start(cls, launcher: MultiNode, nodes: int, workload: Path, work: Path) -> Agents:
+        port, tag = free_port(), uuid.uuid4().hex
+        started = time.time()
+        jobs = [Job.start(launcher.argv(nodes, node, port, workload), work, tag=tag)
+                for node in range(nodes)]  # fmt: skip
+        return cls(jobs, tag, started)
+
+    def wait(self, timeout: float) -> list[float | None]:
+        """Each agent's exit time, in launch order; None for one still running after ``timeout``."""
+        exits: list[float | None] = [None] * len(self.jobs)
+        fds = {os.pidfd_open(job.proc.pid): i for i, job in enumerate(self.jobs)}
+        deadline = time.monotonic() + timeout
+        try:
+            while fds and (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select(list(fds), [], [], left)
+                now = time.time()
+                for fd in ready:
+                    i = fds.pop(fd)
+                    os.close(fd)
+                    exits[i] = now
+                    self.jobs[i].proc.wait()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return exits
+
+    def exit_codes(self) -> list[int | None]:
+        """Each agent's exit code, in launch order; None for one still running at the wait."""
+        return [job.proc.returncode for job in self.jobs]
+
+    def leftovers(self) -> int:
+        """Live processes these agents started, other than agents that are still running."""
+        running = {job.proc.pid for job in self.jobs if job.proc.returncode is None}
+        return len([p for p in tagged(self.tag) if p not in running])
+
+    def end(self) -> None:
+        for pid in tagged(self.tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for job in self.jobs:
+            job.proc.wait()
+
+
 def tagged(tag: str) -> list[int]:
     needle = f"{TAG}={tag}".encode()
     found = []
@@ -138,6 +248,21 @@ def wait_for_ranks(work: Path, count: int, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"ranks did not come up in {work}")
         time.sleep(0.01)
+
+
+def read_stamp(path: Path) -> float | None:
+    """The time a workload wrote to ``path``, or None if it has not (yet) written it whole."""
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_stamp(path: Path, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    while (stamp := read_stamp(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stamp
 
 
 def measure_launch(launcher: Launcher, ranks: int) -> float:
@@ -179,6 +304,46 @@ def measure_signal(launcher: Launcher, signum: int) -> int:
             job.end()
 
 
+def measure_multi_launch(launcher: MultiNode, nodes: int) -> dict[str, object]:
+    """``nodes`` agents whose one rank each notes the time it started and exits 0."""
+    with tempfile.TemporaryDirectory() as work:
+        agents = Agents.start(launcher, nodes, WORKLOADS / "note_start.sh", Path(work))
+        try:
+            exits = agents.wait(timeout=MULTI_START_S)
+            stamps = [read_stamp(path) for path in Path(work).glob("started.*")]
+            first = min((s for s in stamps if s is not None), default=None)
+            return {
+                "first_rank_s": None if first is None else first - agents.started,
+                "all_exited_s": None if None in exits else max(exits) - agents.started,
+                "ranks_started": len(stamps),
+                "exit_codes": agents.exit_codes(),
+            }
+        finally:
+            agents.end()
+
+
+def measure_multi_failure(launcher: MultiNode, nodes: int) -> dict[str, object]:
+    """``nodes`` agents of one blocked rank; the last node's rank exits 3 once all are up.
+
+    Latency from its exit to the last agent's exit; None if the ranks never all came up, or if
+    an agent still runs MULTI_HANG_S after the failure.
+    """
+    with tempfile.TemporaryDirectory() as work:
+        agents = Agents.start(launcher, nodes, WORKLOADS / "fail_last.sh", Path(work))
+        try:
+            died = wait_for_stamp(Path(work) / "died", timeout=MULTI_START_S)
+            exits = agents.wait(timeout=MULTI_HANG_S if died is not None else 0)
+            time.sleep(1)
+            return {
+                "latency_s": None if died is None or None in exits else max(exits) - died,
+                "failed": died is not None,
+                "exit_codes": agents.exit_codes(),
+                "leftovers": agents.leftovers(),
+            }
+        finally:
+            agents.end()
+
+
 def measure_output(launcher: Launcher, lines: int) -> dict[str, float | int]:
     """4 ranks each write ``lines`` lines of 100 bytes; the launcher's stdout is a file."""
     with tempfile.TemporaryDirectory() as work:
@@ -197,28 +362,54 @@ def measure_output(launcher: Launcher, lines: int) -> dict[str, float | int]:
         return {"seconds": exited - job.started, "lines": delivered, "peak_mib": peak}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures, and how often."""
+
+    sizes: list[int]  # ranks, for the launch rows
+    agents: list[int]  # agents of one rank each, for the multi-node rows
+    repeats: int
+    lines: int  # per rank, for the output row
+    failure_rounds: int  # of the repeats, those that also time a failure (both tables)
+    launch: bool = True  # the launch rows
+    rest: bool = True  # failure, leftovers, peak RSS and output
+    multi: bool = True  # the multi-node rows
+
+
+def rotated(items: list, i: int) -> list:
+    """Round ``i``'s order: interleave the launchers, rotating the lead."""
+    return items[i % len(items) :] + items[: i % len(items)] if items else []
+
+
 def run_all(
-    chosen: dict[str, Launcher], sizes: list[int], repeats: int, lines: int, failure_rounds: int
-) -> dict:
+    chosen: dict[str, Launcher], multi: dict[str, MultiNode], plan: Plan
+) -> tuple[dict, dict]:
+    """Every sample, by launcher and figure: those on one node, and those across nodes."""
     samples: dict[str, dict[str, list]] = {name: {} for name in chosen}
+    across: dict[str, dict[str, list]] = {name: {} for name in multi}
 
-    def record(name: str, figure: str, value: object) -> None:
-        samples[name].setdefault(figure, []).append(value)
+    def record(into: dict, name: str, figure: str, value: object) -> None:
+        into[name].setdefault(figure, []).append(value)
 
-    for i in range(repeats):
-        order = list(chosen.values())
-        order = order[i % len(order) :] + order[: i % len(order)]  # interleave, rotate the lead
-        for launcher in order:
-            for n in sizes:
-                record(launcher.name, f"launch_{n}", measure_launch(launcher, n))
-            if i < failure_rounds:
-                record(launcher.name, "failure", measure_failure(launcher))
-            record(launcher.name, "output", measure_output(launcher, lines))
-        print(f"  round {i + 1} of {repeats} done", file=sys.stderr)
-    for launcher in chosen.values():  # one run each: a count, not a timing
+    for i in range(plan.repeats):
+        for launcher in rotated(list(chosen.values()), i) if plan.launch or plan.rest else []:
+            for n in plan.sizes if plan.launch else []:
+                record(samples, launcher.name, f"launch_{n}", measure_launch(launcher, n))
+            if plan.rest and i < plan.failure_rounds:
+                record(samples, launcher.name, "failure", measure_failure(launcher))
+            if plan.rest:
+                record(samples, launcher.name, "output", measure_output(launcher, plan.lines))
+        for agent in rotated(list(multi.values()), i) if plan.multi else []:
+            for n in plan.agents:
+                record(across, agent.name, f"launch_{n}", measure_multi_launch(agent, n))
+                if i < plan.failure_rounds:
+                    record(across, agent.name, f"failure_{n}", measure_multi_failure(agent, n))
+        print(f"  round {i + 1} of {plan.repeats} done", file=sys.stderr)
+    for launcher in chosen.values() if plan.rest else []:  # one run each: a count, not a timing
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            record(launcher.name, f"leftovers_{signum.name}", measure_signal(launcher, signum))
-    return samples
+            record(samples, launcher.name, f"leftovers_{signum.name}",
+                   measure_signal(launcher, signum))  # fmt: skip
+    return samples, across
 
 
 def median(values: list[float | None]) -> float | None:
@@ -226,12 +417,14 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(present) if len(present) == len(values) and present else None
 
 
-def summarize(samples: dict, sizes: list[int]) -> dict[str, dict[str, object]]:
+def summarize(samples: dict, plan: Plan) -> dict[str, dict[str, object]]:
     rows: dict[str, dict[str, object]] = {}
     for name, figures in samples.items():
+        rows[name] = {f"launch_{n}": median(figures[f"launch_{n}"]) for n in plan.sizes}
+        if not plan.rest:
+            continue
         failures, outputs = figures["failure"], figures["output"]
-        rows[name] = {
-            **{f"launch_{n}": median(figures[f"launch_{n}"]) for n in sizes},
+        rows[name] |= {
             "failure_latency": median([f["latency_s"] for f in failures]),
             "exit_code": failures[-1]["exit_code"],
             "leftovers_failure": max(f["leftovers"] for f in failures),
@@ -243,32 +436,91 @@ def summarize(samples: dict, sizes: list[int]) -> dict[str, dict[str, object]]:
     return rows
 
 
+def code_patterns(runs: list[dict]) -> list[str]:
+    """Each distinct set of per-agent exit codes, in launch order, with how often it came."""
+    seen: dict[str, int] = {}
+    for run in runs:
+        codes = " / ".join("hung" if c is None else str(c) for c in run["exit_codes"])
+        seen[codes] = seen.get(codes, 0) + 1
+    if len(seen) == 1:
+        return list(seen)
+    return [f"{codes} ({count}×)" for codes, count in seen.items()]
+
+
+def summarize_multi(across: dict, plan: Plan) -> dict[str, dict[str, object]]:
+    rows: dict[str, dict[str, object]] = {}
+    for name, figures in across.items():
+        for n in plan.agents:
+            launches, failures = figures[f"launch_{n}"], figures.get(f"failure_{n}", [])
+            rows[f"{name}, {n} agents"] = {
+                "launcher": name, "agents": n,
+                "first_rank_s": median([r["first_rank_s"] for r in launches]),
+                "all_exited_s": median([r["all_exited_s"] for r in launches]),
+                "clean_exit_codes": code_patterns(launches),
+                "all_failed": all(f["failed"] for f in failures),
+                "failure_latency": median([f["latency_s"] for f in failures]),
+                "exit_codes": code_patterns(failures),
+                "leftovers_failure": max((f["leftovers"] for f in failures), default=None),
+            }  # fmt: skip
+    return rows
+
+
 def _ratio(value: float | None, base: float | None) -> str:
     return f" ({value / base:.2f}×)" if value is not None and base else ""
 
 
-def table(
-    rows: dict[str, dict[str, object]], sizes: list[int], lines: int, absent: list[str]
-) -> str:
+def table(rows: dict[str, dict[str, object]], plan: Plan, absent: list[str]) -> str:
     base = rows["bare loop"]
-    heads = [*(f"launch, {n} rank{'s' * (n > 1)}" for n in sizes), "failure → exit",
-             "exit code", "left behind: failure / INT / TERM / KILL", "peak RSS",
-             f"output, 4×{lines * 100 / 1e6:g} MB"]  # fmt: skip
+    heads = [f"launch, {n} rank{'s' * (n > 1)}" for n in plan.sizes]
+    if plan.rest:
+        heads += ["failure → exit", "exit code", "left behind: failure / INT / TERM / KILL",
+                  "peak RSS", f"output, 4×{plan.lines * 100 / 1e6:g} MB"]  # fmt: skip
     out = ["| launcher | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for name, r in rows.items():
         cells = [f"{r[f'launch_{n}']:.3f} s{_ratio(r[f'launch_{n}'], base[f'launch_{n}'])}"
-                 for n in sizes]  # fmt: skip
-        latency = r["failure_latency"]
-        cells.append("never exits" if latency is None else f"{latency * 1000:.0f} ms")
-        cells.append("none (hangs)" if r["exit_code"] is None else str(r["exit_code"]))
-        left = [r["leftovers_failure"], r["leftovers_SIGINT"], r["leftovers_SIGTERM"],
-                r["leftovers_SIGKILL"]]  # fmt: skip
-        cells.append(" / ".join(map(str, left)))
-        peak = r["peak_mib"]
-        cells.append("n/a (no GNU time)" if peak != peak else f"{peak:.0f} MiB")
-        complete = "" if r["output_lines"] >= 4 * lines else " (lines lost!)"
-        cells.append(f"{r['output_s']:.2f} s{_ratio(r['output_s'], base['output_s'])}{complete}")
+                 for n in plan.sizes]  # fmt: skip
+        if plan.rest:
+            cells += rest_cells(r, base, plan.lines)
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name in absent:
+        out.append(f"| {name} | absent: not installed |" + " |" * (len(heads) - 1))
+    return "\n".join(out)
+
+
+def rest_cells(r: dict[str, object], base: dict[str, object], lines: int) -> list[str]:
+    latency = r["failure_latency"]
+    cells = ["never exits" if latency is None else f"{latency * 1000:.0f} ms"]
+    cells.append("none (hangs)" if r["exit_code"] is None else str(r["exit_code"]))
+    left = [r["leftovers_failure"], r["leftovers_SIGINT"], r["leftovers_SIGTERM"],
+            r["leftovers_SIGKILL"]]  # fmt: skip
+    cells.append(" / ".join(map(str, left)))
+    peak = r["peak_mib"]
+    cells.append("n/a (no GNU time)" if peak != peak else f"{peak:.0f} MiB")
+    complete = "" if r["output_lines"] >= 4 * lines else " (lines lost!)"
+    cells.append(f"{r['output_s']:.2f} s{_ratio(r['output_s'], base['output_s'])}{complete}")
+    return cells
+
+
+def _seconds(value: object, missing: str) -> str:
+    return missing if value is None else f"{value:.3f} s"
+
+
+def multi_table(rows: dict[str, dict[str, object]], absent: list[str]) -> str:
+    heads = ["agents", "launch → first rank running", "launch → all exited (exit 0)",
+             "failure → all exited", "exit codes, per agent", "left behind: failure"]  # fmt: skip
+    out = ["| launcher | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for r in rows.values():
+        clean = r["clean_exit_codes"]
+        unclean = "" if clean == [" / ".join(["0"] * r["agents"])] else f" ({', '.join(clean)})"
+        latency = r["failure_latency"]
+        if not r["all_failed"]:
+            failure = "ranks never all up"
+        else:
+            failure = "never exits" if latency is None else f"{latency * 1000:.0f} ms"
+        cells = [str(r["agents"]), _seconds(r["first_rank_s"], "never starts"),
+                 _seconds(r["all_exited_s"], "never exits") + unclean, failure,
+                 ", ".join(r["exit_codes"]) or "n/a", str(r["leftovers_failure"])]  # fmt: skip
+        out.append(f"| {r['launcher']} | " + " | ".join(cells) + " |")
     for name in absent:
         out.append(f"| {name} | absent: not installed |" + " |" * (len(heads) - 1))
     return "\n".join(out)
@@ -327,41 +579,132 @@ def compile_bytecode() -> None:
             compileall.compile_dir(location, quiet=1)
 
 
-def main() -> None:
+def counts(text: str) -> list[int]:
+    """``1,8,64`` -> [1, 8, 64], for --sizes and --agents."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"want positive counts such as 1,8,64, not {text!r}")
+    return values
+
+
+def count(text: str) -> int:
+    """A positive number, for --repeats."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"want a positive number, not {text!r}")
+    return int(text)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced set, under a minute")
+    parser.add_argument("--quick", action="store_true", help="a reduced set, in a minute or two")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--launch-only", action="store_true",
+                      help="only the launch rows, at --sizes")  # fmt: skip
+    only.add_argument("--multi-node-only", action="store_true",
+                      help="only the multi-node rows, at --agents")  # fmt: skip
+    parser.add_argument("--sizes", type=counts, help="ranks for the launch rows (default: "
+                        f"{','.join(map(str, FULL_SIZES))}; 1,8 with --quick)")  # fmt: skip
+    parser.add_argument("--agents", type=counts, help="agents for the multi-node rows "
+                        f"(default: {','.join(map(str, FULL_AGENTS))})")  # fmt: skip
+    parser.add_argument("--repeats", type=count, help="rounds (default: 5; 3 with --quick)")
     parser.add_argument(
-        "--results", type=Path, help="where to write (default: results/, or results/quick/)"
-    )
+        "--results", type=Path,
+        help="where to write (default: results/; results/quick/ with --quick; "
+        "results/partial/ for a partial run)",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.results is None:  # a quick run never overwrites the committed full results
+    if args.results is None:  # neither a quick nor a partial run overwrites the full results
         args.results = RESULTS / "quick" if args.quick else RESULTS
+        partial = [args.launch_only, args.multi_node_only, args.sizes, args.agents, args.repeats]
+        if not args.quick and any(partial):
+            args.results = RESULTS / "partial"
+    return args
+
+
+def plan_for(args: argparse.Namespace) -> Plan:
     if args.quick:
         sizes, repeats, lines, failure_rounds = [1, 8], 3, 20000, 1
     else:
-        sizes, repeats, lines, failure_rounds = [1, 8, 64, 256], 5, 200000, 5
-    found = launchers()
+        sizes, repeats, lines, failure_rounds = FULL_SIZES, 5, 200000, 5
+    repeats = args.repeats or repeats
+    return Plan(
+        sizes=args.sizes or sizes, agents=args.agents or FULL_AGENTS, repeats=repeats,
+        lines=lines, failure_rounds=min(failure_rounds, repeats),
+        launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
+        multi=not args.launch_only,
+    )  # fmt: skip
+
+
+def command_line(args: argparse.Namespace) -> str:
+    flags = [flag for flag, on in (("--quick", args.quick), ("--launch-only", args.launch_only),
+             ("--multi-node-only", args.multi_node_only)) if on]  # fmt: skip
+    for flag, values in (("--sizes", args.sizes), ("--agents", args.agents)):
+        flags += [flag, ",".join(map(str, values))] if values else []
+    flags += ["--repeats", str(args.repeats)] if args.repeats else []
+    return " ".join(["python bench/compare.py", *flags])
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, object],
+    plan: Plan,
+    rows: dict[str, dict[str, object]],
+    multi_rows: dict[str, dict[str, object]],
+    absent: list[str],
+    multi_absent: list[str],
+) -> str:
+    text = [
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, "
+        f"torch {info['torch']}, rankrun {info['rankrun']}; {info['date']}.",
+    ]
+    if plan.launch:
+        failures = f" ({plan.failure_rounds} for failure → exit)" if plan.rest else ""
+        counted = "; leftovers are counted once per case, one second after it" if plan.rest else ""
+        text += [
+            f"Command: `{command_line(args)}`; medians of {plan.repeats} interleaved "
+            f"runs{failures}; ratios are to the bare loop{counted}.",
+            "", table(rows, plan, absent),
+        ]  # fmt: skip
+    if plan.multi:
+        text += [
+            "",
+            f"Across nodes, on this one host (`{command_line(args)}`): N agents of one rank "
+            "each, rankrun's on one `--master-port`, torchrun's on one c10d `--rdzv-endpoint` "
+            f"(c10d assigns its node ranks); medians of {plan.repeats} interleaved runs "
+            f"({plan.failure_rounds} for failure); no baseline, the bare loop has no nodes. "
+            "On failure the last node's rank exits 3 once every rank is up; exit codes are "
+            f"per agent in launch order, and an agent still running {MULTI_HANG_S:g} s after "
+            "the failure never exits; leftovers are counted one second after it.",
+            "", multi_table(multi_rows, multi_absent),
+        ]  # fmt: skip
+    return "\n".join(text)
+
+
+def main() -> None:
+    args = parse_args()
+    plan = plan_for(args)
+    found, found_multi = launchers(), multi_node_launchers()
     chosen = {name: launcher for name, launcher in found.items() if launcher is not None}
+    multi = {name: agent for name, agent in found_multi.items() if agent is not None}
     compile_bytecode()
     info = machine()
     print(f"machine: {info}", file=sys.stderr)
-    samples = run_all(chosen, sizes, repeats, lines, failure_rounds)
-    rows = summarize(samples, sizes)
+    samples, across = run_all(chosen, multi, plan)
+    rows = summarize(samples, plan) if plan.launch else {}
+    multi_rows = summarize_multi(across, plan) if plan.multi else {}
     absent = [name for name, launcher in found.items() if launcher is None]
-    text = "\n".join([
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, "
-        f"torch {info['torch']}, rankrun {info['rankrun']}; {info['date']}.",
-        f"Command: `python bench/compare.py{' --quick' if args.quick else ''}`; medians of "
-        f"{repeats} interleaved runs ({failure_rounds} for failure → exit); ratios are to the "
-        "bare loop; leftovers are counted once per case, one second after it.",
-        "", table(rows, sizes, lines, absent),
-    ])  # fmt: skip
+    multi_absent = [name for name, agent in found_multi.items() if agent is None]
+    text = report(args, info, plan, rows, multi_rows, absent, multi_absent)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "latest.md").write_text(text + "\n")
     (args.results / "latest.json").write_text(json.dumps(
-        {"machine": info, "quick": args.quick, "sizes": sizes, "lines": lines, "rows": rows,
-         "samples": samples}, indent=1) + "\n")  # fmt: skip
-    if not plot(samples, sizes, args.results / "launch_overhead.png"):
+        {"machine": info, "quick": args.quick, "plan": asdict(plan), "sizes": plan.sizes,
+         "lines": plan.lines, "rows": rows, "samples": samples,
+         "multi_node": {"rows": multi_rows, "samples": across}}, indent=1) + "\n")  # fmt: skip
+    if plan.launch and not plot(samples, plan.sizes, args.results / "launch_overhead.png"):
         print("no plot: pip install matplotlib (the bench extra)", file=sys.stderr)
     print(text)
 
