@@ -139,7 +139,7 @@ def test_grace_ends_in_sigkill_and_a_rank_that_never_ends_is_said_so() -> None:
 
 
 def test_second_ctrl_c_during_the_teardown_kills_at_once() -> None:
-    host = ScriptedHost([(0.5, [Signalled(INT)]), (0.2, [Signalled(INT)]),
+    host = ScriptedHost([(0.5, [Signalled(INT)]), (0.3, [Signalled(INT)]),
                          (0.01, [exit_(100, None, KILL), exit_(101, None, KILL)])])  # fmt: skip
     attempt, events = supervise(host, ranks=2)
     assert host.signals == [(100, INT), (101, INT), (100, KILL), (101, KILL)]
@@ -214,3 +214,13 @@ def test_a_rank_that_outlives_the_grace_has_its_stack_shown_before_sigkill() -> 
     assert events.lines.index("[rank1]: at work") < events.lines.index(
         "sent SIGKILL to 1 rank group(s)"
     )
+
+
+def test_the_same_signal_again_within_moments_is_one_request_not_two() -> None:
+    # Slurm sends SIGTERM twice, milliseconds apart: the ranks keep their grace period.
+    host = ScriptedHost([(0.5, [Signalled(TERM)]), (0.005, [Signalled(TERM)]),
+                         (2.0, [exit_(100, None, TERM)])])  # fmt: skip
+    attempt, events = supervise(host, ranks=1)
+    assert host.signals == [(100, TERM)]
+    assert attempt.exit_code == 128 + TERM
+    assert "got SIGTERM again" not in events.lines

@@ -19,6 +19,9 @@ from rankrun.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Stop
 _GROUP_RECHECK_S = 0.1
 # After SIGKILL the kernel needs a moment; past it, give up waiting.
 _KILL_WAIT_S = 2.0
+# The same terminating signal again this soon is the same request: Slurm sends SIGTERM twice,
+# milliseconds apart, at a time limit and on scancel, and the ranks must keep their grace.
+_SAME_SIGNAL_S = 0.25
 # --on-stall stop: the exit code timeout(1) gives a command that ran out of time.
 STALL_EXIT_CODE = 124
 
@@ -89,6 +92,8 @@ class Gang:
         self.coordinator = coordinator
         self.stopped: Stop | None = None
         self.stall_seen: float | None = None
+        self.last_signal = (0, 0.0)
+        """The last terminating signal and when it came, to tell a repeat from a second one."""
         """The output time of the quiet period last reported as a stall."""
         self.members: list[_Member] = []
         self.live: dict[int, _Member] = {}
@@ -171,6 +176,10 @@ class Gang:
 
     def _on_signal(self, signum: int) -> None:
         name = signal_name(signum)
+        if signum in TERMINATING:
+            last, self.last_signal = self.last_signal, (signum, self.host.now())
+            if last[0] == signum and self.host.now() - last[1] < _SAME_SIGNAL_S:
+                return
         if signum in FORWARDED:
             count = self._signal_groups(signum)
             self.printer.event(f"forwarded {name} to {count} rank group(s)")
