@@ -2,7 +2,8 @@
 # A real two-node Slurm cluster on this one machine, for tests of rankrun under srun.
 #
 #   bash tests/slurm/cluster.sh start    install slurm-wlm + munge if missing, start munged,
-#                                        slurmctld and two slurmd (node1, node2), wait for idle
+#                                        slurmctld and two slurmd (node1, node2), wait for idle,
+#                                        run one step across both; exit 1 if any of it fails
 #   bash tests/slurm/cluster.sh stop     cancel jobs, end the daemons by their pidfiles
 #   bash tests/slurm/cluster.sh status   the daemons and sinfo; exit 0 only if both nodes idle
 #
@@ -133,16 +134,32 @@ start() {
     install_packages
     write_config
     start_daemons
+    local dead
     until nodes_idle; do
-        if ((SECONDS - t0 > TIMEOUT)); then
-            say "nodes not idle after ${TIMEOUT}s:"
-            sinfo -N -o '%N %T %E' >&2 || true
+        # A daemon that exits (a port in use, a bad config) leaves the nodes down for good.
+        dead=; ((SECONDS - t0 < 3)) || dead=$(daemons_dead)  # pidfiles come a moment late
+        if [[ -n $dead ]] || ((SECONDS - t0 > TIMEOUT)); then
+            if [[ -n $dead ]]; then say "exited:$dead"
+            else say "nodes not idle after ${TIMEOUT}s:"; fi
+            timeout 15 sinfo -N -o '%N %T %E' >&2 || true
             tail -n 5 "$STATE"/log/*.log >&2 || true
             die "cluster did not come up (logs: $STATE/log)"
         fi
         sleep 0.5
     done
+    # Idle nodes may be slurmctld's saved state: one real step across both proves them.
+    timeout 60 srun -N2 --ntasks-per-node=1 --immediate=30 -t 1 -J cluster-sh-check true ||
+        die "the nodes look idle, but a two-node step failed (logs: $STATE/log)"
     say "two idle nodes (node1, node2) after $((SECONDS - t0))s"
+}
+
+# The daemons start_daemons started that are no longer running, as " name name...".
+daemons_dead() {
+    local node
+    live_pid "$RUN/slurmctld.pid" slurmctld >/dev/null || printf ' slurmctld'
+    for node in "${NODES[@]}"; do
+        live_pid "$RUN/slurmd-$node.pid" slurmd >/dev/null || printf ' slurmd-%s' "$node"
+    done
 }
 
 # TERM the daemons given as PIDFILE:COMMAND, together (each takes ~2s to exit); KILL those
