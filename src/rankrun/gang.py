@@ -92,9 +92,9 @@ class Gang:
         self.coordinator = coordinator
         self.stopped: Stop | None = None
         self.stall_seen: float | None = None
+        """The output time of the quiet period last reported as a stall."""
         self.last_signal = (0, 0.0)
         """The last terminating signal and when it came, to tell a repeat from a second one."""
-        """The output time of the quiet period last reported as a stall."""
         self.members: list[_Member] = []
         self.live: dict[int, _Member] = {}
         """Members not yet seen to exit, by pid."""
