@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 
 from rankrun.errors import UsageError
+from rankrun.procfs import ProcStat, all_processes, read_stat
 from rankrun.registry import RankEntry, RunEntry, find_run, seconds_since_output
-from rankrun.values import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -123,20 +123,11 @@ def _same_error(dumps: Sequence[StackDump]) -> str | None:
 # --- status ------------------------------------------------------------------------------------
 
 
-class _Proc(NamedTuple):
-    state: str
-    ppid: int
-    pgrp: int
-    ticks: int
-    """User and system CPU time, in clock ticks."""
-    rss_pages: int
-
-
 def status(run: RunEntry) -> int:
     """Print the run and one line per rank."""
-    before, start = _processes(), time.monotonic()
+    before, start = all_processes(), time.monotonic()
     time.sleep(CPU_SAMPLE_S)
-    after, elapsed = _processes(), time.monotonic() - start
+    after, elapsed = all_processes(), time.monotonic() - start
     now = time.time()
     up = now - run.started_at
     print(
@@ -155,8 +146,8 @@ def status(run: RunEntry) -> int:
 def _row(
     run: RunEntry,
     rank: RankEntry,
-    before: dict[int, _Proc],
-    after: dict[int, _Proc],
+    before: dict[int, ProcStat],
+    after: dict[int, ProcStat],
     elapsed: float,
     now: float,
 ) -> list[str]:
@@ -186,28 +177,6 @@ def _size(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def _processes() -> dict[int, _Proc]:
-    """Every process in /proc, from one read of its ``stat``."""
-    table: dict[int, _Proc] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            proc = _proc(int(name))
-            if proc is not None:
-                table[int(name)] = proc
-    return table
-
-
-def _proc(pid: int) -> _Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The fields after the command name, which may hold spaces: proc(5)'s 3rd on.
-    v = stat[stat.rfind(b")") + 2 :].split()
-    return _Proc(v[0].decode(), int(v[1]), int(v[2]), int(v[11]) + int(v[12]), int(v[21]))
-
-
 def _is_rank(pid: int, launcher: int) -> bool:
-    proc = _proc(pid)
+    proc = read_stat(pid)
     return proc is not None and proc.ppid == launcher and proc.state not in ("Z", "X")

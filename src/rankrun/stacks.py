@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from rankrun.errors import UsageError
+from rankrun.procfs import ProcStat, all_processes, read_stat
 from rankrun.values import NamedTuple
 
 TYPE_CHECKING = False
@@ -70,34 +71,14 @@ def find_py_spy(env: Mapping[str, str] | None = None, executable: str | None = N
 # --- processes ---------------------------------------------------------------------------------
 
 
-class _Proc(NamedTuple):
-    ppid: int
-    pgrp: int
-    state: str
-
-
-def _process_table() -> dict[int, _Proc]:
+def _process_table() -> dict[int, ProcStat]:
     """Every live process: zombies and the dead left out."""
-    table: dict[int, _Proc] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            proc = _proc(int(name))
-            if proc is not None:
-                table[int(name)] = proc
-    return table
+    return {pid: p for pid, p in all_processes().items() if p.live}
 
 
-def _proc(pid: int) -> _Proc | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    state = fields[0].decode()
-    if state in ("Z", "X"):
-        return None
-    return _Proc(int(fields[1]), int(fields[2]), state)
+def _proc(pid: int) -> ProcStat | None:
+    stat = read_stat(pid)
+    return stat if stat is not None and stat.live else None
 
 
 def process_name(pid: int) -> str:
@@ -146,7 +127,7 @@ def python_processes(pid: int, *, nested: bool = False) -> list[int]:
     return _python_processes(pid, _process_table(), nested)
 
 
-def _python_processes(pid: int, table: Mapping[int, _Proc], nested: bool) -> list[int]:
+def _python_processes(pid: int, table: Mapping[int, ProcStat], nested: bool) -> list[int]:
     if pid not in table:
         return []
     children: dict[int, list[int]] = {}
@@ -166,7 +147,7 @@ def _python_processes(pid: int, table: Mapping[int, _Proc], nested: bool) -> lis
 
 
 def _has_python_ancestor(
-    pid: int, table: Mapping[int, _Proc], tree: set[int], pythons: set[int]
+    pid: int, table: Mapping[int, ProcStat], tree: set[int], pythons: set[int]
 ) -> bool:
     seen = {pid}
     p = table[pid].ppid
