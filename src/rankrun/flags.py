@@ -194,7 +194,7 @@ def _add_rendezvous_flags(g: argparse._ActionsContainer) -> None:
         metavar="SECONDS",
         help="a node silent this long is lost, and ends the job",
     )
-    _add(g, "--local-addr", help="this node's address as the others reach it")  # fmt: skip
+    _add(g, "--local-addr", help="torchrun's; rankrun dials node 0 only, needs none")
 
 
 def _add_script_flags(g: argparse._ActionsContainer) -> None:
