@@ -219,3 +219,12 @@ def test_a_partition_ends_the_ranks_on_both_sides(runs: Runs, make_hosts) -> Non
     assert "node 1 (" in errs[0] and "lost" in errs[0]
     assert "cut off from the job's store" in errs[1]
     assert wait_gone(runs.tag, timeout=10) == []
+
+
+def test_every_node_logs_under_node_0s_run_id(runs: Runs) -> None:
+    job = Job(runs, 2, "--log-dir", "logs")
+    job.start_all()
+    assert [code for code, _ in job.finish()] == [0, 0]
+    (run_dir,) = (runs.workdir / "logs").iterdir()
+    assert sorted(p.name for p in (run_dir / "attempt_0").iterdir()) == ["rank_0", "rank_1"]
+    assert (run_dir / "events.log").read_text().count("logs in logs/") == 2, "one per node"

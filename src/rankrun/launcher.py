@@ -37,14 +37,15 @@ def launch(
     if options.dry_run:
         raise UsageError("dry_run is the command's: build_plan() shows what a run would do")
     plan = build_plan(script, args, options, env)
-    events = plan.layout.events if plan.layout is not None else None
-    printer = Printer(timestamps=options.timestamps, events_path=events)
+    printer = Printer(timestamps=options.timestamps)
     agent = None
     if plan.nnodes > 1:
         agent = _join(plan, script, args, options, printer)
-        plan = agent.plan
+        plan = agent.plan  # its run id may be node 0's, and with it the log directory
     if plan.layout is None:
         plan = plan._replace(error_dir=_make_error_dir(plan))
+    else:
+        printer.events_to(plan.layout.events)
     outcome = None
     try:
         _announce(plan, printer)

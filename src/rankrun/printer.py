@@ -73,6 +73,10 @@ class Printer:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             write_all(self._events_fd, f"{stamp} {message}\n".encode())
 
+    def events_to(self, path: str) -> None:
+        """From now on, also append rankrun's own messages to ``path``, timestamped."""
+        self._events_path = path
+
     def close(self) -> None:
         if self._events_fd is not None:
             os.close(self._events_fd)
