@@ -52,6 +52,7 @@ CASES = {
     "etcd_backend": (["--rdzv-backend", "etcd"], "invalid choice"),
     "endpoint_port": (["--rdzv-endpoint", "host:abc"], "give HOST:PORT"),
     "rdzv_conf": (["--rdzv-conf", "join_timeout"], "give key=value pairs"),
+    "stall_timeout_0": (["--stall-timeout", "0"], "--stall-timeout 0 is outside"),
     "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master-port 0 needs one"),
     "negative_grace": (["--shutdown-timeout", "-1"], "--shutdown-timeout -1 is outside"),
     "negative_restarts": (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
@@ -114,6 +115,12 @@ def test_missing_script_argument(runs: Runs) -> None:
     _assert_usage_error(runs, ["--nproc_per_node", "2"], "training_script")
 
 
+def test_a_log_dir_that_cannot_be_made_is_one_line_before_any_rank(runs: Runs) -> None:
+    # /proc looks writable to root; only making the directory tells.
+    runs.script("rank.sh", MARKING_RANK)
+    _assert_usage_error(runs, ["--log-dir", "/proc/rankrun-logs", "./rank.sh"], "cannot create")
+
+
 def test_run_id_naming_a_file_in_the_log_dir(runs: Runs) -> None:
     (runs.workdir / "logs").mkdir()
     (runs.workdir / "logs" / "exp").write_text("not a directory")
@@ -122,10 +129,17 @@ def test_run_id_naming_a_file_in_the_log_dir(runs: Runs) -> None:
     _assert_usage_error(runs, args, "exists and is not a directory")
 
 
-def test_pet_value_that_does_not_parse_names_the_variable(runs: Runs) -> None:
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [("PET_NPROC_PER_NODE", "lots", "invalid --nproc-per-node 'lots': give a number"),
+     ("PET_MASTER_PORT", "abc", "give a number"), ("PET_STANDALONE", "yes", "give 1 or 0")],
+)  # fmt: skip
+def test_pet_value_that_does_not_parse_names_the_variable(
+    runs: Runs, name: str, value: str, reason: str
+) -> None:
     runs.script("rank.sh", MARKING_RANK)
-    runs.env["PET_NPROC_PER_NODE"] = "lots"
-    _assert_usage_error(runs, ["./rank.sh"], "PET_NPROC_PER_NODE='lots' in the environment")
+    runs.env[name] = value
+    _assert_usage_error(runs, ["./rank.sh"], f"{name}={value!r} in the environment: {reason}")
 
 
 def _assert_usage_error(runs: Runs, args: list[str], message: str) -> None:

@@ -361,3 +361,25 @@ def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Ru
     assert launcher.returncode == 128 + signal.SIGINT
     assert "restart" not in err
     assert "interrupted: rankrun got SIGINT during the teardown of rank 0's failure" in err
+
+
+def test_sigkill_of_the_launcher_ends_what_a_rank_starts_outside_its_group_when_told_to_stop(
+    runs: Runs,
+) -> None:
+    runs.script(
+        "rank.py",
+        """
+        import os, signal, subprocess, time
+        def cleanup(*_):  # a helper in a session of its own, started as the rank is ended
+            subprocess.Popen(["sleep", "300"], start_new_session=True)
+        signal.signal(signal.SIGTERM, cleanup)
+        open(f"up.{os.environ['RANK']}", "w").close()
+        time.sleep(60)
+    """,
+        executable=False,
+    )
+    launcher = runs.start_gang(2, "--shutdown-timeout", "2", "rank.py")
+    runs.wait_for_files("up.*", 2)
+    launcher.kill()
+    launcher.communicate(timeout=10)
+    assert wait_gone(runs.tag, timeout=2 + 5) == []

@@ -69,7 +69,11 @@ def _convert(action: argparse.Action, name: str, value: str) -> object:
             return bool(int(value)) == bool(action.const)
         return action.type(value) if callable(action.type) else value
     except (ValueError, argparse.ArgumentTypeError, UsageError) as e:
-        reason = e or "not a valid value"
+        reason = e if not isinstance(e, ValueError) else "not a valid value"
+        if action.nargs == 0:
+            reason = "give 1 or 0"
+        elif action.type in (int, float):
+            reason = "give a number"
         raise UsageError(f"{name}={value!r} in the environment: {reason}") from None
 
 

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 
+_LOOK_AGAIN_S = 0.25  # reading every process's environment costs; the groups go first
 TOKEN_VAR = "RANKRUN_RUN_TOKEN"
 """Every process of a run carries this variable, with the run's own value."""
 
@@ -113,20 +114,33 @@ def _end_run(groups: set[int], token: str | None, grace: float) -> None:
     """SIGTERM each group and each process of the run outside them; SIGKILL after ``grace``.
 
     The processes outside the groups (a rank's ``setsid`` daemon) are found by ``token``
-    in their environment, which every process of the run inherits.
+    in their environment, which every process of the run inherits. They are looked for again
+    while the run ends, and once more before SIGKILL: a rank's SIGTERM handler may start one.
     """
-    escaped = _marked(token) if token else set()
-    _signal(groups, escaped, signal.SIGTERM)
+    escaped: set[int] = set()
+    _signal(groups, set(), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while (groups or escaped) and time.monotonic() < deadline:
+    next_look = time.monotonic()
+    while time.monotonic() < deadline:
+        if token and time.monotonic() >= next_look:
+            found = _marked(token) - escaped
+            _signal(set(), found, signal.SIGTERM)
+            escaped |= found
+            next_look = time.monotonic() + _LOOK_AGAIN_S
+        if not groups and not escaped:
+            break
         time.sleep(0.02)
-        alive = _live_processes()
-        if alive is None:
-            groups = {g for g in groups if _group_exists(g)}
-        else:
-            groups &= set(alive.values())
-            escaped &= alive.keys()
+        groups, escaped = _still_alive(groups, escaped)
+    if token:
+        escaped |= _marked(token)
     _signal(groups, escaped, signal.SIGKILL)
+
+
+def _still_alive(groups: set[int], pids: set[int]) -> tuple[set[int], set[int]]:
+    alive = _live_processes()
+    if alive is None:
+        return {g for g in groups if _group_exists(g)}, pids
+    return groups & set(alive.values()), pids & alive.keys()
 
 
 def _signal(groups: set[int], pids: set[int], signum: int) -> None:

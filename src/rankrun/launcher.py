@@ -45,6 +45,7 @@ def launch(
     if plan.layout is None:
         plan = plan._replace(error_dir=_make_error_dir(plan))
     else:
+        _make_log_root(plan.layout.root, options)
         printer.events_to(plan.layout.events)
     outcome = None
     try:
@@ -92,6 +93,15 @@ def _join(
     from rankrun.agent import Agent
 
     return Agent.join(plan, script, args, options.run_id is not None, printer)
+
+
+def _make_log_root(root: str, options: Options) -> None:
+    """The run's log directory, made before any rank starts: where it can't be, one line."""
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        flag = "--log-dir" if options.log_dir is not None else "-r/-t (in $TMPDIR)"
+        raise UsageError(f"{flag}: cannot create {root}: {e.strerror}") from None
 
 
 def _make_error_dir(plan: Plan) -> str | None:

@@ -223,6 +223,8 @@ def _check_numbers(o: Options) -> None:
     check(o.max_restarts >= 0, f"--max-restarts must be 0 or more, not {o.max_restarts}")
     check_seconds(o.shutdown_timeout, "--shutdown-timeout", low=0, high=MAX_SHUTDOWN_TIMEOUT)
     check(not (o.standalone and o.nnodes != 1), "--standalone runs one node: drop one of them")
+    if o.stall_timeout is not None:
+        check_seconds(o.stall_timeout, "--stall-timeout", low=0.1, high=7 * 86400)
 
 
 def _nproc(value: int | str, env: Mapping[str, str]) -> int:

@@ -66,12 +66,18 @@ class Printer:
     def event(self, message: str) -> None:
         self.write(STDERR, self.stamp() + f"rankrun: {message}\n".encode())
         if self._events_path is not None:
-            if self._events_fd is None:
-                os.makedirs(os.path.dirname(self._events_path), exist_ok=True)
-                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                self._events_fd = os.open(self._events_path, flags, 0o644)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            write_all(self._events_fd, f"{stamp} {message}\n".encode())
+            try:
+                self._log_event(self._events_path, message)
+            except OSError:
+                self._events_path = None  # a full disk must not end the run: the console has it
+
+    def _log_event(self, path: str, message: str) -> None:
+        if self._events_fd is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            self._events_fd = os.open(path, flags, 0o644)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_all(self._events_fd, f"{stamp} {message}\n".encode())
 
     def events_to(self, path: str) -> None:
         """From now on, also append rankrun's own messages to ``path``, timestamped."""
