@@ -281,7 +281,9 @@ def connect(
                 return client
             except RuntimeError as e:
                 pending, why = None, _why(e)
-        elif now - started > 2 * every:
+        elif now - started > 3 * every + 5:
+            # torch's own retries of a refused connection outlast their timeout, 1.3 to 1.9
+            # times unloaded: only a try far past that has met a listener that never answers.
             why = "it accepts connections but has not answered: a stopped process?"
         if time.monotonic() >= next_note:
             on_wait(f"waiting for node 0 at {addr}:{port} ({why})")
