@@ -261,7 +261,9 @@ def _binding(o: Options, nproc: int, env: Mapping[str, str]) -> Binding | None:
 
 
 def _gpus(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The node's GPUs, named for the report: a directory listing, on most nodes empty."""
+    """The node's GPUs, named for the report; on a node without NVIDIA's driver, one stat."""
+    if not os.path.exists("/proc/driver/nvidia") and not os.path.exists("/dev/nvidiactl"):
+        return ()
     from rankrun import topology
 
     found = topology.gpus(env)
