@@ -9,6 +9,7 @@ a flag on the command line wins.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Mapping, Sequence
 
@@ -93,6 +94,7 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=_columns() - 2)
 
 
+@functools.cache
 def _columns() -> int:
     try:
         return int(os.environ["COLUMNS"])

@@ -47,12 +47,17 @@ class Guardian:
         self.lifeline = lifeline_r
         """Readable, at EOF, once the guardian has died."""
         self._fd = groups_w
+        self._released = b""
 
     def guard(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+        """Name a rank's group at once: from now on it must not outlive the launcher."""
+        self._send(self._released + b"+%d\n" % pgid)
+        self._released = b""
 
     def release(self, pgid: int) -> None:
-        self._send(b"-%d\n" % pgid)
+        """Forget a group that is gone. Said with the next message: a group named a moment
+        too long is only signalled in vain, and each message wakes the guardian."""
+        self._released += b"-%d\n" % pgid
 
     def _send(self, message: bytes) -> None:
         try:
