@@ -257,14 +257,38 @@ def test_a_dead_guardian_does_not_break_the_run(runs: Runs) -> None:
     assert "guardian" in err
 
 
+def start_as_a_shell_job(runs: Runs, *args: str) -> subprocess.Popen[str]:
+    """The launcher in a process group of its own in this session, as a shell starts a job:
+    a group that job control can stop (the kernel ignores SIGTSTP in an orphaned group)."""
+    argv = runs.argv("--master-port", "0", *args)
+    return subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, process_group=0,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
 def test_ctrl_z_pauses_every_rank_and_fg_resumes_them(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start_gang(2, "./rank.sh")
+    launcher = start_as_a_shell_job(runs, "--nproc-per-node", "2", "./rank.sh")
     started = [int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()]
     launcher.send_signal(signal.SIGTSTP)
     assert _wait_state([launcher.pid, *started], "T"), "Ctrl-Z must stop the launcher and ranks"
     launcher.send_signal(signal.SIGCONT)
     assert _wait_state(started, "S"), "fg must resume every rank and helper"
+    launcher.send_signal(signal.SIGTERM)
+    launcher.communicate(timeout=20)
+    assert launcher.returncode == 128 + signal.SIGTERM
+
+
+def test_tstp_outside_job_control_pauses_the_ranks_and_the_launcher_runs_on(runs: Runs) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    argv = runs.argv("--nproc-per-node", "2", "--master-port", "0", "./rank.sh")
+    launcher = subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    started = [int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()]
+    launcher.send_signal(signal.SIGTSTP)  # its group is orphaned: the kernel won't stop it
+    assert _wait_state(started, "T"), "the ranks are paused all the same"
+    assert _state(launcher.pid) != "T"
+    launcher.send_signal(signal.SIGCONT)
+    assert _wait_state(started, "S")
     launcher.send_signal(signal.SIGTERM)
     launcher.communicate(timeout=20)
     assert launcher.returncode == 128 + signal.SIGTERM

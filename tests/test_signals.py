@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import BLOCKING_RANK, Runs
+from test_gang import start_as_a_shell_job
 
 
 def _state(pid: int) -> str:
@@ -40,7 +41,7 @@ def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Ru
 
 def test_ctrl_z_then_fg_at_any_gap_leaves_the_job_running(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start_gang(4, "./rank.sh")
+    launcher = start_as_a_shell_job(runs, "--nproc-per-node", "4", "./rank.sh")
     pids = [int(f.read_text().split()[0]) for f in runs.wait_for_files("pids.*", 4)]
     stuck = []
     for i in range(40):

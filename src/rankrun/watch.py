@@ -103,7 +103,8 @@ class Watch:
         A SIGCONT sent before the stop takes effect would be lost, and the job left stopped.
         So the stop is made pending first (SIGTSTP, blocked), the wakeup fd is checked for a
         SIGCONT that came since, and only then is the stop let through. A SIGCONT that comes
-        after the check discards the pending stop itself, as the kernel does.
+        after the check discards the pending stop itself, as the kernel does. A SIGSTOP, which
+        can't be made pending, could not be made safe so.
         """
         tstp = {signal.SIGTSTP}
         signal.pthread_sigmask(signal.SIG_BLOCK, tstp)
@@ -116,10 +117,8 @@ class Watch:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, tstp)  # stops here until SIGCONT
             signal.signal(signal.SIGTSTP, handler)
-        self._read_signals()
-        if signal.SIGCONT not in self._pending:
-            # Not stopped: the kernel discards SIGTSTP in an orphaned process group.
-            os.kill(os.getpid(), signal.SIGSTOP)
+        # In an orphaned process group (no shell's job control over it) the kernel discards
+        # the stop, and the launcher runs on; its ranks stay stopped until the SIGCONT.
 
     def wait(self, timeout: float | None) -> list[Signalled]:
         """Block until something happens or ``timeout`` passes; reader callbacks run here.
