@@ -65,26 +65,18 @@ def _last(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("rankrun: ")]
 
 
-def test_three_nodes_train_and_end_with_the_same_weights(runs: Runs) -> None:
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_nodes_train_and_end_with_the_same_weights(runs: Runs, nodes: int) -> None:
     demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"
     port = str(free_port())
+    flags = ["--nnodes", str(nodes), "--master-port", port]
     agents = [
-        runs.start(
-            "--nnodes",
-            "3",
-            "--node-rank",
-            str(node),
-            "--master-port",
-            port,
-            str(demo),
-            "--steps",
-            "5",
-        )  # fmt: skip
-        for node in range(3)
+        runs.start(*flags, "--node-rank", str(node), str(demo), "--steps", "5")
+        for node in range(nodes)
     ]
     outs = [a.communicate(timeout=120) for a in agents]
-    assert [a.returncode for a in agents] == [0, 0, 0], outs[0][1]
-    assert sum(out.count("weights match rank 0") for out, _ in outs) == 3
+    assert [a.returncode for a in agents] == [0] * nodes, outs[0][1]
+    assert sum(out.count("weights match rank 0") for out, _ in outs) == nodes
 
 
 def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None:
