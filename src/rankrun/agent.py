@@ -34,7 +34,6 @@ class Agent:
         self._server = server  # node 0's store: it serves as long as this object lives
         self._workers: Any = None
         self.link = Link(store, nodes, plan.node_rank, plan.rendezvous.node_timeout)
-        self.ends: dict[int, dict[str, object]] = {}
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
@@ -138,7 +137,6 @@ class Agent:
             end = link.ends.get(number)
             lost = end is not None and end["kind"] == End.LOST
             if link.results.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
-                self.ends[number] = end or {}
                 self._say_seen(number)
                 return end
             for e in host.wait(_RESULT_WAIT):
@@ -164,7 +162,7 @@ class Agent:
         from rankrun.job_report import job_report, other_node_line
 
         number = len(outcome.attempts) - 1
-        end = self.ends.get(number) or {}
+        end = self.link.ends.get(number) or {}
         if self.plan.node_rank != 0:
             if end:
                 printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
@@ -192,7 +190,7 @@ class Agent:
         return results
 
     def _restarts(self, attempt: Attempt, number: int) -> bool:
-        end = self.ends.get(number) or {}
+        end = self.link.ends.get(number) or {}
         return end.get("kind") == End.FAILURE and number < self.plan.max_restarts
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from rankrun.checks import FEW_FILES, files_needed
 from rankrun.guardian import Guardian
 from rankrun.libc import set_subreaper
 from rankrun.live import LiveRun
@@ -213,11 +214,11 @@ def _command_name(pid: int) -> str:
 def ensure_fd_capacity(ranks: int) -> None:
     """Raise the soft limit on open files if the ranks' pipes could pass it.
 
-    Each rank holds two pipes, and two more ends while it starts; the common soft limit of
-    1024 would stop a labelled run near 500 ranks. The ranks inherit the raised limit.
+    The common soft limit of 1024 would stop a labelled run near 500 ranks. The ranks inherit
+    the raised limit.
     """
-    needed = 4 * ranks + 64
-    if needed <= 256:
+    needed = files_needed(ranks)
+    if needed <= FEW_FILES:
         return
     import resource
 

@@ -10,7 +10,7 @@ from rankrun.gang import run_attempts
 from rankrun.host import Host
 from rankrun.options import Options
 from rankrun.outcome import Outcome, signal_name
-from rankrun.plan import Plan, build_plan, usable_cores
+from rankrun.plan import Plan, build_plan, default_error_dir, usable_cores
 from rankrun.printer import Printer
 from rankrun.watch import Interrupted
 
@@ -106,7 +106,7 @@ def _make_log_root(root: str, options: Options) -> None:
 
 def _make_error_dir(plan: Plan) -> str | None:
     """Where ranks write error.json without a log directory, as torchrun always lets them."""
-    path = os.path.join(plan.base_env.get("TMPDIR") or "/tmp", f"rankrun-{plan.token}")
+    path = default_error_dir(plan)
     try:
         os.mkdir(path, 0o700)
     except OSError:

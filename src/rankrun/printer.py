@@ -24,7 +24,6 @@ class Printer:
         err_fd: int = 2,
         timestamps: bool = False,
         env: Mapping[str, str] | None = None,
-        events_path: str | None = None,
     ) -> None:
         env = os.environ if env is None else env
         self._fds = {STDOUT: out_fd, STDERR: err_fd}
@@ -32,7 +31,7 @@ class Printer:
         self.timestamps = timestamps
         colour = "NO_COLOR" not in env
         self._colour = {s: colour and os.isatty(fd) for s, fd in self._fds.items()}
-        self._events_path = events_path
+        self._events_path: str | None = None
         self._events_fd: int | None = None
 
     def label(self, label: str, rank: int, stream: int) -> bytes:
