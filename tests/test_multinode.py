@@ -16,6 +16,7 @@ from rankrun.ports import free_port
 pytest.importorskip("torch")
 
 # A gloo rank: all_reduce, then fail if told to, then hold in a barrier.
+# Every gloo script here destroys its group: torch aborts a rank that exits with it alive.
 RANK = """
 import os, sys, time
 import torch, torch.distributed as dist
@@ -30,6 +31,7 @@ if os.environ.get("FAIL_RANK") == str(rank) and attempt in os.environ.get("FAIL_
     sys.exit(7)
 time.sleep(float(os.environ.get("HOLD", "0")))
 dist.barrier()
+dist.destroy_process_group()
 """
 
 

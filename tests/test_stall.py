@@ -12,6 +12,7 @@ from conftest import Runs
 
 pytest.importorskip("torch")
 
+# It destroys its group: torch aborts a gloo rank that exits with the group alive.
 HANGING_RANK = """
 import os, time
 import torch, torch.distributed as dist
@@ -24,6 +25,7 @@ print("ready", flush=True)
 if dist.get_rank() == 1:
     load_batch()
 dist.all_reduce(torch.ones(1))
+dist.destroy_process_group()
 """
 
 STUBBORN_RANK = """
