@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
+from conftest import Runs
 
 from rankrun import guardian
 
@@ -36,3 +39,45 @@ def test_one_pass_over_proc_per_tick_whatever_the_number_of_groups(
     for p in ranks:
         assert p.wait(timeout=5) is not None, "SIGKILL after the grace period"
     assert scans <= ticks + 1, f"{scans} scans of /proc in {ticks:.0f} ticks"
+
+
+# A launcher in miniature: one group named and flushed whose process lacks the run's token,
+# one spawned with the token but not yet named, then the launcher's own SIGKILL.
+DYING_LAUNCHER = """
+import os, signal, subprocess, sys
+from rankrun.guardian import TOKEN_VAR, Guardian
+
+guard = Guardian(grace=1.0, token="t0k")
+guard.adopted()
+loop = ["sh", "-c", "echo $$ > $0; exec sleep 60"]
+plain = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
+named = subprocess.Popen([*loop, "named.pid"], env=plain, start_new_session=True)
+guard.guard(named.pid)
+guard.flush()
+marked = subprocess.Popen([*loop, "marked.pid"], env={**plain, TOKEN_VAR: "t0k"},
+                          start_new_session=True)
+guard.guard(marked.pid)
+while not (os.path.exists("named.pid") and os.path.exists("marked.pid")):
+    pass
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_launchers_sigkill_ends_named_groups_and_what_carries_the_token(runs: Runs) -> None:
+    runs.script("launcher.py", DYING_LAUNCHER, executable=False)
+    dying = subprocess.run([sys.executable, "launcher.py"], cwd=runs.workdir, env=runs.env,
+                           timeout=30)  # fmt: skip
+    assert dying.returncode == -signal.SIGKILL
+    pids = [int((runs.workdir / f).read_text()) for f in ("named.pid", "marked.pid")]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False

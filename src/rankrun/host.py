@@ -15,7 +15,7 @@ from types import TracebackType
 
 from rankrun.checks import FEW_FILES, files_needed
 from rankrun.guardian import Guardian
-from rankrun.libc import set_subreaper
+from rankrun.libc import load_prctl, set_subreaper
 from rankrun.live import LiveRun
 from rankrun.outcome import Ending, RankResult
 from rankrun.plan import RankSpec
@@ -46,6 +46,8 @@ class Host:
         self._reaper = Reaper()
         # Forked first, so that it is adopted by init and not by the launcher as subreaper.
         self._guardian = Guardian(self._grace, self._token)
+        load_prctl()  # while the guardian's first fork exits
+        self._guardian.adopted()
         self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
         self._subreaper = set_subreaper(True)
         return self
@@ -136,6 +138,8 @@ class Host:
 
     def wait(self, timeout: float | None) -> list[Event]:
         """Block until something happens or ``timeout`` passes; exits come first."""
+        assert self._guardian is not None
+        self._guardian.flush()
         signals = self._watch.wait(self._live.tick(timeout))
         news, self._news = self._news, []
         if not signals or signals[0].signum != signal.SIGCHLD:
