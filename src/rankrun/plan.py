@@ -246,13 +246,13 @@ class Binding(NamedTuple):
 
 
 def _binding(o: Options, nproc: int, env: Mapping[str, str]) -> Binding | None:
+    if o.cpu_bind == "none" and o.numa_binding is None:
+        return None  # without reading, or importing, the topology
     from rankrun import topology
 
     mode = o.cpu_bind
     if o.numa_binding is not None:
         mode = topology.mode_from_numa_binding(o.numa_binding)
-    if mode == "none":
-        return None
     if not hasattr(os, "sched_setaffinity"):
         raise UsageError("--cpu-bind needs Linux's CPU affinity, which this system lacks")
     topo = topology.cpu_topology()
