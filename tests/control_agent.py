@@ -4,7 +4,8 @@
 
 Prints one JSON object a line: {"port": P} once it hosts (node 0), then {"joined": [...]}
 or {"error": "<class>", "message": "..."}; with "heartbeat" set, then {"lost": [nodes]} and
-{"cut_off": true} when it first sees each, and keeps beating until killed.
+{"cut_off": true} when it first sees each, and keeps beating until killed. Node 0 always
+serves until killed.
 
 As the launcher should: one thread owns the heartbeat (its store calls may block forever
 when the store can't be reached), and the main thread judges being cut off by the clock.
@@ -51,6 +52,8 @@ def main() -> None:
     if "heartbeat" in s:
         interval, timeout = s["heartbeat"]
         heartbeat(control.Heartbeat(store, node, me.nnodes, interval=interval, timeout=timeout))
+    elif node == 0:  # as a launcher's node 0 runs the job: its exit would end the store
+        time.sleep(3600)
 
 
 def info(s: dict[str, Any], run_id: str) -> control.NodeInfo:

@@ -113,6 +113,23 @@ def test_nproc_mismatch_is_the_same_message_on_every_agent(
     }
 
 
+def test_node_0_dying_while_the_others_join_is_one_line_on_each(
+    agents: Callable[..., Agent],
+) -> None:
+    first = agents({"node_rank": 0, "nnodes": 3, "port": 0, "run_id": "job-gone"})
+    port = first.expect("port", "error")["port"]
+    second = agents({"node_rank": 1, "nnodes": 3, "port": port, "run_id": "job-gone"})
+    watcher = control.connect("127.0.0.1", port, timeout=10)
+    claim = control.JobStore(watcher, "job-gone").key("join", "claim", 1)
+    deadline = time.monotonic() + 30
+    while not watcher.check([claim]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until node 1 waits for node 2, which never comes
+    first.end()
+    seen = second.expect("joined", "error")
+    assert seen.get("error") == "Unresponsive", seen
+    assert seen["message"].startswith("node 0's store closed while"), seen
+
+
 def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> None:
     beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
     job = start_job(agents, 3, lambda r: beat)

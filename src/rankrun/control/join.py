@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
-from rankrun.control.calls import POLL, Call, ControlError, Unresponsive, dump, load
+from rankrun.control.calls import POLL, Call, ControlError, Unresponsive, dump, first_line, load
 from rankrun.control.store import (
     JOB_KEY_WAIT,
     JOIN_TIMEOUT,
@@ -98,7 +98,13 @@ def join(
         if time.monotonic() >= limit:
             raise Unresponsive(f"node 0's store stopped answering while {me.host} joined")
     _drain(notes, on_wait)
-    return call.result()
+    try:
+        return call.result()
+    except RuntimeError as e:  # DistNetworkError: the store's process is gone
+        raise Unresponsive(
+            f"node 0's store closed while {me.host} joined ({first_line(e)}): node 0 stopped "
+            "or failed, and its output says why"
+        ) from None
 
 
 def _drain(notes: queue.SimpleQueue[list[int]], on_wait: Callable[[list[int]], None]) -> None:
