@@ -21,7 +21,7 @@ import pytest
 from conftest import Runs, wait_gone
 
 import rankrun
-from rankrun import registry
+from rankrun import registry, rundir
 from rankrun.live import REGISTER_AFTER_S, LiveRun
 from rankrun.options import Options
 from rankrun.plan import build_plan
@@ -92,7 +92,7 @@ class Job:
 
 @pytest.fixture
 def job(runs: Runs, tmp_path: Path) -> Iterator[Job]:
-    runs.env[registry.OVERRIDE_VAR] = str(tmp_path / "registry")
+    runs.env[rundir.OVERRIDE_VAR] = str(tmp_path / "registry")
     j = Job(runs)
     try:
         yield j
@@ -101,7 +101,7 @@ def job(runs: Runs, tmp_path: Path) -> Iterator[Job]:
 
 
 def _registry_files(runs: Runs) -> list[str]:
-    path = runs.env[registry.OVERRIDE_VAR]
+    path = runs.env[rundir.OVERRIDE_VAR]
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
@@ -262,7 +262,7 @@ def test_a_killed_launcher_leaves_no_entry_that_is_listed(job: Job, runs: Runs) 
 
 def test_a_registry_that_cannot_be_used_is_a_warning(runs: Runs, tmp_path: Path) -> None:
     (tmp_path / "registry").write_text("not a directory")
-    runs.env[registry.OVERRIDE_VAR] = str(tmp_path / "registry")
+    runs.env[rundir.OVERRIDE_VAR] = str(tmp_path / "registry")
     runs.script("rank.sh", "sleep 1; echo ran $RANK\n")  # long enough to be registered
     result = runs.gang(2, "./rank.sh")
     assert result.returncode == 0, result.stderr
@@ -306,7 +306,7 @@ def _live_run(
     runs: Runs, sleepers: Sleepers, tmp_path: Path, *, wait: bool = True
 ) -> tuple[LiveRun, list[int]]:
     """This process as a launcher of two sleeping ranks, fed to a LiveRun."""
-    env = {**runs.env, registry.OVERRIDE_VAR: str(tmp_path / "registry")}
+    env = {**runs.env, rundir.OVERRIDE_VAR: str(tmp_path / "registry")}
     runs.env = env
     script = str(runs.script("rank.py", "", executable=False))
     plan = build_plan(script, ["--lr", "3"], Options(nproc_per_node=2, run_id="live1"), env)

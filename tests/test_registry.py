@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import Runs, wait_gone
 
-from rankrun import registry
+from rankrun import registry, rundir
 from rankrun.registry import (
     RankEntry,
     Registration,
-    RegistryError,
     RunEntry,
     RunNotFound,
     find_run,
@@ -29,11 +28,11 @@ from rankrun.registry import (
     process_start_time,
     prune,
     register,
-    runtime_dir,
     seconds_since_output,
     unregister,
     update,
 )
+from rankrun.rundir import RegistryError, runtime_dir
 
 # A launcher stand-in: registers itself with two "ranks" (its own children), then waits.
 LAUNCHER = """
@@ -55,7 +54,7 @@ LAUNCHER = """
 @pytest.fixture
 def env(tmp_path: Path, runs: Runs) -> dict[str, str]:
     """The test's environment, with a registry of its own."""
-    return {**runs.env, registry.OVERRIDE_VAR: str(tmp_path / "registry")}
+    return {**runs.env, rundir.OVERRIDE_VAR: str(tmp_path / "registry")}
 
 
 class Procs:
@@ -118,7 +117,7 @@ def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
     procs: Procs, env: dict[str, str]
 ) -> None:
     launcher, path = procs.launcher("job-1")
-    assert os.path.dirname(path) == env[registry.OVERRIDE_VAR]
+    assert os.path.dirname(path) == env[rundir.OVERRIDE_VAR]
     assert os.path.basename(path) == f"job-1.{launcher.pid}.json"
     assert os.stat(path).st_mode & 0o777 == 0o600
 
@@ -304,7 +303,7 @@ def test_a_runtime_dir_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
     planted = tmp_path / "planted"
     planted.mkdir(mode=0o700)
     os.chown(planted, 65534, 65534)
-    env = {registry.OVERRIDE_VAR: str(planted)}
+    env = {rundir.OVERRIDE_VAR: str(planted)}
     message = f"the run registry {planted} belongs to uid 65534, not to you (uid 0): remove it"
     calls = [
         lambda: runtime_dir(env),
@@ -351,7 +350,7 @@ def test_a_runtime_dir_others_may_write_is_refused(tmp_path: Path) -> None:
     shared.mkdir()
     shared.chmod(0o777)
     with pytest.raises(RegistryError) as e:
-        register(new_entry("x"), {registry.OVERRIDE_VAR: str(shared)})
+        register(new_entry("x"), {rundir.OVERRIDE_VAR: str(shared)})
     assert str(e.value) == (
         f"the run registry {shared} is writable by others (mode 777): chmod 700 {shared}"
     )
@@ -362,9 +361,9 @@ def test_a_symlinked_runtime_dir_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(RegistryError, match="is a symbolic link: remove it$"):
-        runtime_dir({registry.OVERRIDE_VAR: str(tmp_path / "link")})
+        runtime_dir({rundir.OVERRIDE_VAR: str(tmp_path / "link")})
 
 
 def test_an_uncreatable_runtime_dir_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="^cannot create the run registry .*: No such file"):
-        runtime_dir({registry.OVERRIDE_VAR: str(tmp_path / "no" / "parent")})
+        runtime_dir({rundir.OVERRIDE_VAR: str(tmp_path / "no" / "parent")})

@@ -34,7 +34,8 @@ def start_registration(
     """Register this launcher's run with its started ``ranks`` as (spec, pid), and the time
     of each one's last output by pid; None, after one warning through ``warn``, where the
     registry cannot be used."""
-    from rankrun.registry import Registration, RegistryError, new_entry
+    from rankrun.registry import Registration, new_entry
+    from rankrun.rundir import RegistryError
 
     spec = ranks[0][0]
     try:
