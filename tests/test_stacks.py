@@ -16,17 +16,16 @@ import pytest
 from conftest import Runs, wait_gone
 
 import rankrun
+from rankrun.ptrace import explain, ptrace_refused
 from rankrun.stacks import (
     INSTALL_HINT,
     StackDump,
     StacksError,
     dump,
-    explain,
     find_py_spy,
     format_dumps,
     is_python_process,
     label_lines,
-    ptrace_refused,
     python_processes,
 )
 

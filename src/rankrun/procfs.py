@@ -40,3 +40,19 @@ def all_processes() -> dict[int, ProcStat]:
         if name.isdigit() and (stat := read_stat(int(name))) is not None:
             table[int(name)] = stat
     return table
+
+
+def process_name(pid: int) -> str:
+    """The executable's base name (``/proc/<pid>/exe``), else the kernel's ``comm``; "" if
+    the process is gone."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    if exe:
+        return os.path.basename(exe.removesuffix(" (deleted)"))
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
