@@ -48,6 +48,7 @@ def main() -> None:
     if not torch.equal(flat, reference):
         raise RuntimeError(f"rank {rank} holds weights that differ from rank 0's")
     print(f"rank {rank}/{world_size} (local {os.environ['LOCAL_RANK']}): weights match rank 0")
+    del model, optimizer  # DDP's reducer holds the process group and its pending work
     dist.barrier()  # no rank tears gloo down while a peer still talks to it
     dist.destroy_process_group()
 
