@@ -47,16 +47,23 @@ MAIN = """
     dist.all_reduce(t)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(f"{args.output_dir}/rank{rank}", "w") as f:
-        f.write(f"{local} {world} {args.epochs} {t.item():g}")
+        node = os.environ.get("SLURMD_NODENAME")  # under srun, which node wrote it
+        f.write(f"{node + ' ' if node else ''}{local} {world} {args.epochs} {t.item():g}")
     dist.destroy_process_group()
 """
 
 
-def _setup(runs: Runs, *, config_executable: bool) -> None:
-    runs.script("tools/run_dist_launch.sh", RUN_DIST_LAUNCH)
+def write_config_and_main(runs: Runs, *, config_executable: bool = True) -> None:
+    """The config and main.py, each rank writing exps/r50_deformable_detr/rank<r>; this
+    Python first on PATH, as the config calls python."""
     runs.script("configs/r50_deformable_detr.sh", CONFIG, executable=config_executable)
     runs.script("main.py", MAIN, executable=False)
     runs.env["PATH"] = f"{Path(runs.argv()[0]).parent}:{runs.env['PATH']}"
+
+
+def _setup(runs: Runs, *, config_executable: bool) -> None:
+    runs.script("tools/run_dist_launch.sh", RUN_DIST_LAUNCH)
+    write_config_and_main(runs, config_executable=config_executable)
 
 
 @pytest.mark.parametrize("config_executable", [True, False], ids=["executable", "lost_run_bit"])

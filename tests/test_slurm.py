@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Runs, wait_gone
+from test_deformable_detr import write_config_and_main
 from test_hostlist import cluster_up
 
 from rankrun.slurm import master_port
@@ -251,36 +252,8 @@ def test_a_time_limit_signals_every_rank_and_leaves_it_its_grace(runs: Runs, ste
     assert code == 143, out
 
 
-# As in Deformable DETR: configs/*.sh are executable and run main.py with the config's flags.
-CONFIG = """
-    #!/usr/bin/env bash
-    set -x
-    EXP_DIR=exps/r50_deformable_detr
-    PY_ARGS=${@:1}
-    python -u main.py --output_dir ${EXP_DIR} ${PY_ARGS}
-"""
-
-MAIN = """
-    import argparse, os
-    import torch, torch.distributed as dist
-    p = argparse.ArgumentParser()
-    p.add_argument("--output_dir"); p.add_argument("--epochs", type=int)
-    args = p.parse_args()
-    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    t = torch.tensor([rank + 1.0])
-    dist.all_reduce(t)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(f"{args.output_dir}/rank{rank}", "w") as f:
-        f.write(f"{os.environ['SLURMD_NODENAME']} {local} {world} {args.epochs} {t.item():g}")
-    dist.destroy_process_group()
-"""
-
-
 def test_the_deformable_detr_config_runs_through_srun(runs: Runs, step: Step) -> None:
-    runs.script("configs/r50_deformable_detr.sh", CONFIG)
-    runs.script("main.py", MAIN, executable=False)
-    runs.env["PATH"] = f"{Path(runs.argv()[0]).parent}:{runs.env['PATH']}"  # python: this one
+    write_config_and_main(runs)
     shape = ["-N2", "--ntasks-per-node=1"]
     args = ["--nproc-per-node", "2", "./configs/r50_deformable_detr.sh", "--epochs", "3"]
     code, out = step.run(shape, *args)
