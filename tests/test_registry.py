@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs
+from procs import Procs, ended
 
 from rankrun import registry, rundir
 from rankrun.registry import (
@@ -57,13 +58,7 @@ def env(tmp_path: Path, runs: Runs) -> dict[str, str]:
     return {**runs.env, rundir.OVERRIDE_VAR: str(tmp_path / "registry")}
 
 
-class Procs:
-    """Processes a test starts, ended by pid afterwards."""
-
-    def __init__(self, runs: Runs, env: dict[str, str]) -> None:
-        self.runs, self.env = runs, env
-        self.started: list[subprocess.Popen[str]] = []
-
+class RegistryProcs(Procs):
     def sleeper(self) -> subprocess.Popen[str]:
         return self.start([sys.executable, "-c", "import time; time.sleep(300)"])
 
@@ -75,35 +70,10 @@ class Procs:
         assert path, "the launcher stand-in did not register"
         return proc, path
 
-    def start(self, argv: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            argv, env=self.env, stdout=subprocess.PIPE, text=True, start_new_session=True
-        )
-        self.started.append(proc)
-        return proc
-
-    def end(self) -> None:
-        # All killed before any is waited for: a traced process is not reaped until its
-        # tracer, started after it, lets go.
-        for proc in reversed(self.started):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the stand-in's ranks are in its group
-            except ProcessLookupError:
-                pass
-        for proc in self.started:
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
 
 @pytest.fixture
-def procs(runs: Runs, env: dict[str, str]) -> Iterator[Procs]:
-    p = Procs(runs, env)
-    try:
-        yield p
-    finally:
-        p.end()
-        assert wait_gone(runs.tag, timeout=2.0) == []
+def procs(runs: Runs, env: dict[str, str]) -> Iterator[RegistryProcs]:
+    yield from ended(RegistryProcs(runs, env))
 
 
 def entry_for(pid: int, run_id: str, **changes: object) -> RunEntry:
@@ -114,7 +84,7 @@ def entry_for(pid: int, run_id: str, **changes: object) -> RunEntry:
 
 
 def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
-    procs: Procs, env: dict[str, str]
+    procs: RegistryProcs, env: dict[str, str]
 ) -> None:
     launcher, path = procs.launcher("job-1")
     assert os.path.dirname(path) == env[rundir.OVERRIDE_VAR]
@@ -143,7 +113,9 @@ def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
         find_run(None, env)
 
 
-def test_a_reused_pid_is_not_taken_for_the_launcher(procs: Procs, env: dict[str, str]) -> None:
+def test_a_reused_pid_is_not_taken_for_the_launcher(
+    procs: RegistryProcs, env: dict[str, str]
+) -> None:
     other = procs.sleeper()
     start = process_start_time(other.pid)
     assert start is not None
@@ -152,7 +124,7 @@ def test_a_reused_pid_is_not_taken_for_the_launcher(procs: Procs, env: dict[str,
     assert not os.path.exists(path)
 
 
-def test_several_runs_ask_for_a_run_id(procs: Procs, env: dict[str, str]) -> None:
+def test_several_runs_ask_for_a_run_id(procs: RegistryProcs, env: dict[str, str]) -> None:
     a, b = procs.sleeper(), procs.sleeper()
     register(entry_for(a.pid, "first", started_at=1.0, command="train.py"), env)
     register(entry_for(b.pid, "second", started_at=2.0), env)
@@ -173,7 +145,7 @@ def test_several_runs_ask_for_a_run_id(procs: Procs, env: dict[str, str]) -> Non
 
 
 def test_two_node_ranks_of_one_run_on_one_host_are_told_apart_by_pid(
-    procs: Procs, env: dict[str, str]
+    procs: RegistryProcs, env: dict[str, str]
 ) -> None:
     (a, path_a), (b, path_b) = procs.launcher("job", 0), procs.launcher("job", 1)
     assert path_a != path_b
@@ -193,7 +165,7 @@ def test_no_run_at_all(env: dict[str, str]) -> None:
     assert isinstance(RunNotFound("x"), LookupError)
 
 
-def test_update_and_unregister(procs: Procs, env: dict[str, str]) -> None:
+def test_update_and_unregister(procs: RegistryProcs, env: dict[str, str]) -> None:
     own = new_entry("mine", [RankEntry(0, 0, os.getpid())], attempt=0)
     path = register(own, env)
     update(path, own._replace(attempt=2))
@@ -238,7 +210,7 @@ def test_seconds_since_output_counts_a_log_file(tmp_path: Path) -> None:
     assert seconds_since_output(RankEntry(0, 0, 1, None, str(tmp_path / "none")), 1.0) is None
 
 
-def test_leftovers_of_dead_launchers_are_pruned(procs: Procs, env: dict[str, str]) -> None:
+def test_leftovers_of_dead_launchers_are_pruned(procs: RegistryProcs, env: dict[str, str]) -> None:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           env=env, capture_output=True, text=True, check=True)  # fmt: skip
     dead = int(done.stdout)
@@ -320,7 +292,7 @@ def test_a_runtime_dir_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root, as under sudo")
-def test_under_sudo_the_invoking_users_runs_are_found_too(procs: Procs) -> None:
+def test_under_sudo_the_invoking_users_runs_are_found_too(procs: RegistryProcs) -> None:
     user = 54321  # no such user is needed, only a uid that owns nothing yet
     theirs = f"/tmp/rankrun-{user}"
     if os.path.lexists(theirs):

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs
+from procs import Procs, ended
 
 import rankrun
 from rankrun.ptrace import explain, ptrace_refused
@@ -45,13 +46,7 @@ BLOCKED = """
 """
 
 
-class Procs:
-    """Processes a test starts, each in a group of its own as ranks are, ended by pid."""
-
-    def __init__(self, runs: Runs) -> None:
-        self.runs = runs
-        self.started: list[subprocess.Popen[str]] = []
-
+class StackProcs(Procs):
     def blocked_in(self, name: str) -> subprocess.Popen[str]:
         """A Python process inside ``name()`` by the time this returns."""
         return self.ready([sys.executable, "-c", textwrap.dedent(BLOCKED.format(name=name))])
@@ -65,44 +60,14 @@ class Procs:
         assert proc.stdout.readline() == "ready\n"
         return proc
 
-    def start(self, argv: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            argv,
-            env=self.runs.env,
-            cwd=self.runs.workdir,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.started.append(proc)
-        return proc
-
-    def end(self) -> None:
-        # All killed before any is waited for: a traced process is not reaped until its
-        # tracer, started after it, lets go.
-        for proc in reversed(self.started):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for proc in self.started:
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-
 
 @pytest.fixture
-def procs(runs: Runs) -> Iterator[Procs]:
-    p = Procs(runs)
-    try:
-        yield p
-    finally:
-        p.end()
-        assert wait_gone(runs.tag, timeout=2.0) == []
+def procs(runs: Runs) -> Iterator[StackProcs]:
+    yield from ended(StackProcs(runs))
 
 
 @needs_py_spy
-def test_each_rank_stack_is_under_its_label(procs: Procs) -> None:
+def test_each_rank_stack_is_under_its_label(procs: StackProcs) -> None:
     a = procs.blocked_in("waiting_in_all_reduce")
     b = procs.blocked_in("waiting_in_barrier")
 
@@ -122,7 +87,7 @@ def test_each_rank_stack_is_under_its_label(procs: Procs) -> None:
 
 
 @needs_py_spy
-def test_a_shell_script_rank_is_resolved_to_its_python_child(procs: Procs) -> None:
+def test_a_shell_script_rank_is_resolved_to_its_python_child(procs: StackProcs) -> None:
     # As Deformable DETR's configs: a .sh file that runs python -u main.py, not exec'd.
     procs.script("main.py", BLOCKED.format(name="train_one_epoch"))
     body = f'"{sys.executable}" -u main.py "$@"\necho done'
@@ -141,7 +106,7 @@ def test_a_shell_script_rank_is_resolved_to_its_python_child(procs: Procs) -> No
     assert "[rank3]:     train_one_epoch (main.py:" in text
 
 
-def test_python_processes_leaves_out_nested_ones_unless_asked(procs: Procs) -> None:
+def test_python_processes_leaves_out_nested_ones_unless_asked(procs: StackProcs) -> None:
     # A rank with a DataLoader-like worker: both Python, the worker under the rank.
     code = """
         import subprocess, sys, time
@@ -159,7 +124,7 @@ def test_python_processes_leaves_out_nested_ones_unless_asked(procs: Procs) -> N
 
 
 @needs_py_spy
-def test_a_rank_that_runs_no_python_says_so(procs: Procs) -> None:
+def test_a_rank_that_runs_no_python_says_so(procs: StackProcs) -> None:
     sleeper = procs.start(["sleep", "300"])
     (d,) = dump([("rank0", sleeper.pid)], timeout=20)
     assert d.error == (
@@ -179,7 +144,7 @@ def test_a_gone_process_says_so(runs: Runs) -> None:
 
 
 @needs_py_spy
-def test_a_stopped_rank_is_read_without_pausing_it(procs: Procs) -> None:
+def test_a_stopped_rank_is_read_without_pausing_it(procs: StackProcs) -> None:
     # Ctrl-Z stops the ranks; py-spy's blocking read fails on a stopped process.
     a = procs.blocked_in("waiting_in_all_reduce")
     os.kill(a.pid, signal.SIGSTOP)
@@ -195,7 +160,7 @@ def test_a_stopped_rank_is_read_without_pausing_it(procs: Procs) -> None:
 
 
 @needs_py_spy
-def test_a_rank_under_a_debugger_is_read_without_attaching(procs: Procs) -> None:
+def test_a_rank_under_a_debugger_is_read_without_attaching(procs: StackProcs) -> None:
     a = procs.blocked_in("waiting_in_all_reduce")
     tracer = procs.start([sys.executable, "-c", textwrap.dedent(PTRACE_ATTACH), str(a.pid)])
     assert tracer.stdout is not None
@@ -222,7 +187,7 @@ PTRACE_ATTACH = """
 
 
 @needs_py_spy
-def test_a_slow_py_spy_is_ended_at_the_timeout(procs: Procs, tmp_path: Path) -> None:
+def test_a_slow_py_spy_is_ended_at_the_timeout(procs: StackProcs, tmp_path: Path) -> None:
     a = procs.blocked_in("waiting_in_all_reduce")
     hung = tmp_path / "py-spy"
     hung.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/hung.pid\nexec sleep 300\n")
@@ -279,7 +244,7 @@ def test_missing_py_spy_is_one_line_that_names_the_fix(runs: Runs) -> None:
     )
 
 
-def test_an_unrunnable_py_spy_is_one_line(procs: Procs, tmp_path: Path) -> None:
+def test_an_unrunnable_py_spy_is_one_line(procs: StackProcs, tmp_path: Path) -> None:
     broken = tmp_path / "py-spy"
     broken.write_text("not a program")
     broken.chmod(0o644)
@@ -314,7 +279,7 @@ def _dump_under(prefix: list[str], pid: int, runs: Runs) -> str:
 
 @needs_py_spy
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="root and setpriv")
-def test_another_users_process_says_to_use_sudo(procs: Procs) -> None:
+def test_another_users_process_says_to_use_sudo(procs: StackProcs) -> None:
     a = procs.blocked_in("waiting_in_all_reduce")
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     assert _dump_under(nobody, a.pid, procs.runs) == (
@@ -325,7 +290,7 @@ def test_another_users_process_says_to_use_sudo(procs: Procs) -> None:
 
 @needs_py_spy
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="root and setpriv")
-def test_without_cap_sys_ptrace_says_cap_add(procs: Procs) -> None:
+def test_without_cap_sys_ptrace_says_cap_add(procs: StackProcs) -> None:
     # Root without CAP_SYS_PTRACE may not trace a process with more capabilities: as in a
     # container, where the fix is --cap-add SYS_PTRACE.
     a = procs.blocked_in("waiting_in_all_reduce")
