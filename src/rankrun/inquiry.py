@@ -66,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser(command: str) -> argparse.ArgumentParser:
     what = {
         "stacks": "Print the Python stack of every thread of every rank of a running job, "
-        "without stopping them (needs py-spy).",
+        "while the job runs on: py-spy pauses each rank only for the read (needs py-spy).",
         "status": "Print one line per rank of a running job: its pid, state, CPU%, memory, "
         "seconds since its last output, and the attempt.",
     }[command]
