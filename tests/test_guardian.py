@@ -81,3 +81,36 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
+
+
+# The launcher dies while a rank is between fork and exec: the child does not show the
+# run's token yet (its environment is still the launcher's), and no group is named.
+DYING_MID_SPAWN = """
+import os, signal, sys, time
+from rankrun.guardian import TOKEN_VAR, Guardian
+
+guard = Guardian(grace=2.0, token="t0k")
+guard.adopted()
+if os.fork() == 0:
+    os.setsid()
+    with open("rank.pid", "w") as f:
+        f.write(str(os.getpid()))
+    os.closerange(3, 1 << 16)  # as Popen's close_fds does before exec: the pipe closes
+    time.sleep(0.3)  # a slow exec: the guardian has already looked once
+    os.execve("/bin/sleep", ["sleep", "60"], {**os.environ, TOKEN_VAR: "t0k"})
+while not os.path.exists("rank.pid"):
+    pass
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_rank_that_execs_after_the_launchers_death_is_still_found(runs: Runs) -> None:
+    runs.script("launcher.py", DYING_MID_SPAWN, executable=False)
+    dying = subprocess.run([sys.executable, "launcher.py"], cwd=runs.workdir, env=runs.env,
+                           timeout=30)  # fmt: skip
+    assert dying.returncode == -signal.SIGKILL
+    pid = int((runs.workdir / "rank.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the rank outlived its launcher"

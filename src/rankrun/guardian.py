@@ -24,6 +24,7 @@ import time
 
 _LOOK_AGAIN_S = 0.25  # reading every process's environment costs; the groups go first
 _MOST_UNSENT = 16
+_LOOK_AT_LEAST_S = 1.0
 TOKEN_VAR = "RANKRUN_RUN_TOKEN"
 """Every process of a run carries this variable, with the run's own value."""
 
@@ -144,18 +145,22 @@ def _end_run(groups: set[int], token: str | None, grace: float) -> None:
     The processes outside the groups (a rank's ``setsid`` daemon) are found by ``token``
     in their environment, which every process of the run inherits. They are looked for again
     while the run ends, and once more before SIGKILL: a rank's SIGTERM handler may start one.
+    With a token, the looking goes on for ``_LOOK_AT_LEAST_S`` even when nothing is left: a
+    rank the launcher was starting as it died shows the token only once it has exec'd.
     """
     escaped: set[int] = set()
     _signal(groups, set(), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    next_look = time.monotonic()
+    started = time.monotonic()
+    deadline = started + grace
+    settled = started + (min(grace, _LOOK_AT_LEAST_S) if token else 0.0)
+    next_look = started
     while time.monotonic() < deadline:
         if token and time.monotonic() >= next_look:
             found = _marked(token) - escaped
             _signal(set(), found, signal.SIGTERM)
             escaped |= found
             next_look = time.monotonic() + _LOOK_AGAIN_S
-        if not groups and not escaped:
+        if not groups and not escaped and time.monotonic() >= settled:
             break
         time.sleep(0.02)
         groups, escaped = _still_alive(groups, escaped)
