@@ -63,6 +63,8 @@ ARGPARSE_ONLY = [
     ["--nnodes", "1:4", "train.py"],
     ["--nproc-per-node", "2"],
     [],
+    ["train.py", "--", "--lr", "1"],
+    ["--master-addr=--", "train.py"],
 ]
 
 
@@ -73,6 +75,7 @@ def test_anything_else_goes_to_argparse(argv: list[str]) -> None:
 
 def test_argparse_reads_an_abbreviation_of_either_spelling() -> None:
     assert parse(["--nproc", "2", "train.py"], {}).options.nproc_per_node == 2
+    assert parse(["--max", "3", "train.py"], {}).options.max_restarts == 3
     assert parse(["--node_r", "1", "--nnodes", "2", "train.py"], {}).options.node_rank == 1
     with pytest.raises(UsageError, match="ambiguous option: --n could match --nproc-per-node,"):
         parse(["--n", "2", "train.py"], {})
@@ -83,3 +86,8 @@ def test_the_command_line_wins_over_pet_and_pet_over_the_default() -> None:
     options = parse(["--nproc-per-node", "5", "train.py"], env).options
     assert (options.nproc_per_node, options.master_port, options.prefix) == (5, 1234, False)
     assert parse(["train.py"], {}).options.prefix is True
+
+
+def test_a_double_dash_right_after_the_script_is_dropped_as_torchrun_drops_it() -> None:
+    assert parse(["train.py", "--", "--lr", "1"], {}).args == ["--lr", "1"]
+    assert parse(["train.py", "--lr", "--", "1"], {}).args == ["--lr", "--", "1"]

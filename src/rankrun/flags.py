@@ -240,12 +240,12 @@ def spellings(flag: Flag) -> list[str]:
     return names + [n.replace("-", "_").replace("__", "--", 1) for n in names if "-" in n[2:]]
 
 
-def parse(argv: Sequence[str] | None, env: Mapping[str, str]) -> Command:
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> Command:
     """The command line as a script, its arguments and every setting; raises UsageError.
 
     A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step.
     """
-    argv = list(argv or ())
+    argv = list(argv)
     plain = _read_plain(argv)
     if plain is None:
         from rankrun.flag_parser import read
@@ -273,10 +273,14 @@ def _read_plain(argv: list[str]) -> Read | None:
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("-"):
-            return given, arg, argv[i + 1 :]
+            rest = argv[i + 1 :]
+            # argparse drops a -- right after the script, as torchrun's does: let it.
+            return None if rest[:1] == ["--"] else (given, arg, rest)
         name, eq, value = arg.partition("=")
         flag = table.get(name)
         if flag is None or (eq and (flag.switch is not None or not name.startswith("--"))):
+            return None
+        if eq and value == "--":  # argparse's own reading of this is odd; keep it
             return None
         if flag.switch is not None:
             given[dest(flag)] = flag.switch
