@@ -47,6 +47,24 @@ def wait_gone(tag: str, timeout: float) -> list[int]:
     return pids
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that is not yet a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def wait_dead(pids: list[int], timeout: float) -> list[int]:
+    """Those of ``pids`` still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [p for p in pids if alive(p)]
+
+
 class Runs:
     """Starts rankrun under a tag, in a scratch directory."""
 

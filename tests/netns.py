@@ -24,11 +24,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 import pytest
+from conftest import wait_dead
 
 PREFIX = "rrtest"  # names are rrtest<pid>x<seq>h<i> and rrtest<pid>x<seq>br
 _NAME = re.compile(rf"^{PREFIX}(\d+)x\d+(?:h\d+|br)$")
@@ -173,19 +173,7 @@ def _end(pids: list[int], timeout: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that is not yet a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+    wait_dead(pids, timeout)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

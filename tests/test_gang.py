@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BLOCKING_RANK, Runs, tagged_pids, wait_gone
+from conftest import BLOCKING_RANK, Runs, alive, tagged_pids, wait_gone
 
 FAILING_RANK = """
     #!/bin/bash
@@ -152,7 +152,7 @@ def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
     launcher.kill()
     launcher.communicate(timeout=10)
     assert wait_gone(runs.tag, timeout=3 + 5) == []
-    assert all(not _alive(pid) for pid in started)
+    assert all(not alive(pid) for pid in started)
 
 
 @pytest.mark.parametrize("closed", ["stdout", "stderr"])
@@ -211,14 +211,6 @@ def test_max_restarts_exhausted_reports_every_attempt(runs: Runs) -> None:
     assert result.returncode == 6
     assert "restart 1 of 1" in result.stderr
     assert "attempt 1: rank 0 exited with code 6" in result.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def test_launcher_and_guardian_exit_and_are_reaped(runs: Runs) -> None:
@@ -362,7 +354,7 @@ def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Run
     launcher.kill()
     launcher.communicate(timeout=10)
     assert wait_gone(runs.tag, timeout=2 + 5) == []
-    assert not any(_alive(pid) for pid in daemons)
+    assert not any(alive(pid) for pid in daemons)
 
 
 def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Runs) -> None:
