@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import Runs
+from conftest import Runs, wait_dead
 
 from rankrun import guardian
 
@@ -42,7 +42,8 @@ def test_one_pass_over_proc_per_tick_whatever_the_number_of_groups(
 
 
 # A launcher in miniature: one group named and flushed whose process lacks the run's token,
-# one spawned with the token but not yet named, then the launcher's own SIGKILL.
+# one spawned with the token but not yet named, holding a helper started with a cleared
+# environment; then the launcher's own SIGKILL.
 DYING_LAUNCHER = """
 import os, signal, subprocess, sys
 from rankrun.guardian import TOKEN_VAR, Guardian
@@ -54,34 +55,14 @@ plain = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
 named = subprocess.Popen([*loop, "named.pid"], env=plain, start_new_session=True)
 guard.guard(named.pid)
 guard.flush()
-marked = subprocess.Popen([*loop, "marked.pid"], env={**plain, TOKEN_VAR: "t0k"},
-                          start_new_session=True)
+helper = "env -i sh -c 'echo $$ > cleared.pid; exec sleep 60' &"
+marked = subprocess.Popen(["sh", "-c", helper + " echo $$ > marked.pid; wait"],
+                          env={**plain, TOKEN_VAR: "t0k"}, start_new_session=True)
 guard.guard(marked.pid)
-while not (os.path.exists("named.pid") and os.path.exists("marked.pid")):
+while not all(os.path.exists(f) for f in ("named.pid", "marked.pid", "cleared.pid")):
     pass
 os.kill(os.getpid(), signal.SIGKILL)
 """
-
-
-def test_the_launchers_sigkill_ends_named_groups_and_what_carries_the_token(runs: Runs) -> None:
-    runs.script("launcher.py", DYING_LAUNCHER, executable=False)
-    dying = subprocess.run([sys.executable, "launcher.py"], cwd=runs.workdir, env=runs.env,
-                           timeout=30)  # fmt: skip
-    assert dying.returncode == -signal.SIGKILL
-    pids = [int((runs.workdir / f).read_text()) for f in ("named.pid", "marked.pid")]
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert [pid for pid in pids if _alive(pid)] == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
 
 # The launcher dies while a rank is between fork and exec: the child does not show the
 # run's token yet (its environment is still the launcher's), and no group is named.
@@ -104,13 +85,21 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def test_the_launchers_sigkill_ends_named_groups_and_the_groups_of_the_token(
+    runs: Runs,
+) -> None:
+    assert _survivors(runs, DYING_LAUNCHER, ["named.pid", "marked.pid", "cleared.pid"]) == []
+
+
 def test_a_rank_that_execs_after_the_launchers_death_is_still_found(runs: Runs) -> None:
-    runs.script("launcher.py", DYING_MID_SPAWN, executable=False)
+    assert _survivors(runs, DYING_MID_SPAWN, ["rank.pid"]) == [], "it outlived its launcher"
+
+
+def _survivors(runs: Runs, launcher: str, pid_files: list[str]) -> list[int]:
+    """Run ``launcher``, which kills itself; the pids it wrote that are alive 10 s later."""
+    runs.script("launcher.py", launcher, executable=False)
     dying = subprocess.run([sys.executable, "launcher.py"], cwd=runs.workdir, env=runs.env,
                            timeout=30)  # fmt: skip
     assert dying.returncode == -signal.SIGKILL
-    pid = int((runs.workdir / "rank.pid").read_text())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the rank outlived its launcher"
+    pids = [int((runs.workdir / f).read_text()) for f in pid_files]
+    return wait_dead(pids, timeout=10)

@@ -4,10 +4,10 @@ It is forked before the first rank, in a session of its own, and holds the read 
 pipe whose only writer is the launcher. The launcher names the groups it has spawned on
 the pipe before it next waits (every 16 spawns in a large gang), and again once each is
 gone. When the launcher dies in any way, SIGKILL included, the pipe reaches EOF, and the
-guardian sends SIGTERM to each group still named and to every process that carries the
-run's token in its environment (what left the groups with ``setsid``, and a rank spawned
-in the moment before its group was named), then SIGKILL to what is left after the grace
-period. Naming groups one write per spawn woke the guardian each time, and on a busy
+guardian sends SIGTERM to each group still named and to the group of every process that
+carries the run's token in its environment (what left the groups with ``setsid``, and a
+rank spawned in the moment before its group was named), then SIGKILL to what is left after
+the grace period. Naming groups one write per spawn woke the guardian each time, and on a busy
 machine that cost the launcher up to 2 ms of an 8-rank start.
 
 The guardian is forked twice, so that it is not the launcher's child: the launcher never
@@ -53,7 +53,6 @@ class Guardian:
         """Readable, at EOF, once the guardian has died."""
         self._fd = groups_w
         self._named = self._released = b""
-        self._unsent = 0
 
     def adopted(self) -> None:
         """Wait until init has adopted the guardian: its first fork has exited.
@@ -67,8 +66,7 @@ class Guardian:
         """Name a rank's group with the next ``flush``: from then on it must not outlive the
         launcher. Until then the run's token, in the rank's environment, finds it."""
         self._named += b"+%d\n" % pgid
-        self._unsent += 1
-        if self._unsent == _MOST_UNSENT:
+        if self._named.count(b"\n") == _MOST_UNSENT:
             self.flush()
 
     def release(self, pgid: int) -> None:
@@ -81,7 +79,6 @@ class Guardian:
         if self._named:
             self._send(self._released + self._named)
             self._named = self._released = b""
-            self._unsent = 0
 
     def _send(self, message: bytes) -> None:
         try:
@@ -140,49 +137,50 @@ def _read_groups(fd: int) -> tuple[set[int], bool]:
 
 
 def _end_run(groups: set[int], token: str | None, grace: float) -> None:
-    """SIGTERM each group and each process of the run outside them; SIGKILL after ``grace``.
+    """SIGTERM each group, and the group of each process of the run found outside them;
+    SIGKILL after ``grace``.
 
-    The processes outside the groups (a rank's ``setsid`` daemon) are found by ``token``
-    in their environment, which every process of the run inherits. They are looked for again
-    while the run ends, and once more before SIGKILL: a rank's SIGTERM handler may start one.
-    With a token, the looking goes on for ``_LOOK_AT_LEAST_S`` even when nothing is left: a
-    rank the launcher was starting as it died shows the token only once it has exec'd.
+    The processes outside the named groups (a rank's ``setsid`` daemon, a rank whose group
+    was not named yet) are found by ``token`` in their environment, which every process of
+    the run inherits; their whole groups are ended, so that what they started with a cleared
+    environment goes with them. They are looked for again while the run ends, and once more
+    before SIGKILL: a rank's SIGTERM handler may start one. With a token, the looking goes on
+    for ``_LOOK_AT_LEAST_S`` even when nothing is left: a rank the launcher was starting as
+    it died shows the token only once it has exec'd.
     """
-    escaped: set[int] = set()
-    _signal(groups, set(), signal.SIGTERM)
+    _signal(groups, signal.SIGTERM)
     started = time.monotonic()
     deadline = started + grace
     settled = started + (min(grace, _LOOK_AT_LEAST_S) if token else 0.0)
     next_look = started
     while time.monotonic() < deadline:
         if token and time.monotonic() >= next_look:
-            found = _marked(token) - escaped
-            _signal(set(), found, signal.SIGTERM)
-            escaped |= found
+            found = _marked_groups(token) - groups
+            _signal(found, signal.SIGTERM)
+            groups |= found
             next_look = time.monotonic() + _LOOK_AGAIN_S
-        if not groups and not escaped and time.monotonic() >= settled:
+        if not groups and time.monotonic() >= settled:
             break
         time.sleep(0.02)
-        groups, escaped = _still_alive(groups, escaped)
+        groups = _still_alive(groups)
     if token:
-        escaped |= _marked(token)
-    _signal(groups, escaped, signal.SIGKILL)
+        groups |= _marked_groups(token)
+    _signal(groups, signal.SIGKILL)
 
 
-def _still_alive(groups: set[int], pids: set[int]) -> tuple[set[int], set[int]]:
+def _still_alive(groups: set[int]) -> set[int]:
     alive = _live_processes()
     if alive is None:
-        return {g for g in groups if _group_exists(g)}, pids
-    return groups & set(alive.values()), pids & alive.keys()
+        return {g for g in groups if _group_exists(g)}
+    return groups & set(alive.values())
 
 
-def _signal(groups: set[int], pids: set[int], signum: int) -> None:
-    for target, kill in ((groups, os.killpg), (pids, os.kill)):
-        for pid in target:
-            try:
-                kill(pid, signum)
-            except ProcessLookupError:
-                pass
+def _signal(groups: set[int], signum: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def _group_exists(pgid: int) -> bool:
@@ -217,16 +215,17 @@ def _live_processes() -> dict[int, int] | None:
     return alive
 
 
-def _marked(token: str) -> set[int]:
-    """The live processes whose environment carries ``token``."""
+def _marked_groups(token: str) -> set[int]:
+    """The groups of the live processes whose environment carries ``token``."""
     needle = f"{TOKEN_VAR}={token}".encode()
     found = set()
-    for pid in _live_processes() or {}:
+    for pid, pgid in (_live_processes() or {}).items():
+        if pid == os.getpid():
+            continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if needle in f.read().split(b"\0"):
-                    found.add(pid)
+                    found.add(pgid)
         except OSError:
             pass
-    found.discard(os.getpid())
     return found
