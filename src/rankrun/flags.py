@@ -290,21 +290,14 @@ def _read_plain(argv: list[str]) -> Read | None:
                 if i == len(argv) or argv[i].startswith("-"):
                     return None
                 value = argv[i]
-            if (flag.choices and value not in flag.choices) or not _converts(flag, value, given):
+            if flag.choices and value not in flag.choices:
+                return None
+            try:
+                given[dest(flag)] = value if flag.type is None else flag.type(value)
+            except (ValueError, UsageError):
                 return None
         i += 1
     return None
-
-
-def _converts(flag: Flag, value: str, given: dict[str, Any]) -> bool:
-    if flag.type is None:
-        given[dest(flag)] = value
-        return True
-    try:
-        given[dest(flag)] = flag.type(value)
-    except (ValueError, UsageError):
-        return False
-    return True
 
 
 @functools.cache
