@@ -162,11 +162,7 @@ class Job:
         return len([p for p in tagged(self.tag) if p != self.proc.pid])
 
     def end(self) -> None:
-        for pid in tagged(self.tag):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_tagged(self.tag)
         self.proc.wait()
 
 
@@ -215,11 +211,7 @@ class Agents:
         return len([p for p in tagged(self.tag) if p not in running])
 
     def end(self) -> None:
-        for pid in tagged(self.tag):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_tagged(self.tag)
         for job in self.jobs:
             job.proc.wait()
 
@@ -240,6 +232,15 @@ def tagged(tag: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every live process that carries ``tag``, by pid."""
+    for pid in tagged(tag):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_for_ranks(work: Path, count: int, timeout: float = 30) -> None:

@@ -17,20 +17,24 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-WORKLOAD = str(HERE / "workloads" / "exit0.sh")
+from compare import WORKLOADS, launchers
+
 PY = sys.executable
-SCRIPT = Path(PY).parent / "rankrun"  # as compare.py runs it: pip's script, else -m
-RANKRUN = [str(SCRIPT)] if SCRIPT.exists() else [PY, "-m", "rankrun"]
 RANKRUN_IMPORTS = "import subprocess, rankrun.cli, rankrun.flags, rankrun.launcher"
 
-COMMANDS = {
-    "bare loop, 8 ranks": [PY, str(HERE / "bare_loop.py"), "8", WORKLOAD],
-    "rankrun, 8 ranks": [*RANKRUN, "--standalone", "--nproc-per-node", "8", "--no-python",
-                         WORKLOAD],
-    "python, the bare loop's imports": [PY, "-c", "import subprocess"],
-    "python, rankrun's imports": [PY, "-c", RANKRUN_IMPORTS],
-}  # fmt: skip
+
+def commands() -> dict[str, list[str]]:
+    """The launchers as compare.py runs them, and the interpreter with each one's imports."""
+    found = launchers()
+    bare, rankrun = found["bare loop"], found["rankrun"]
+    assert bare is not None and rankrun is not None, "rankrun is not installed beside Python"
+    workload = WORKLOADS / "exit0.sh"
+    return {
+        "bare loop, 8 ranks": bare.argv(8, workload, False),
+        "rankrun, 8 ranks": rankrun.argv(8, workload, False),
+        "python, the bare loop's imports": [PY, "-c", "import subprocess"],
+        "python, rankrun's imports": [PY, "-c", RANKRUN_IMPORTS],
+    }
 
 
 def main() -> None:
@@ -40,9 +44,10 @@ def main() -> None:
     import rankrun
 
     compileall.compile_dir(str(Path(rankrun.__file__).parent), quiet=1)
-    samples: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    runs = commands()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, argv in COMMANDS.items():
+        for name, argv in runs.items():
             started = time.perf_counter()
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             samples[name].append(time.perf_counter() - started)
