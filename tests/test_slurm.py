@@ -97,16 +97,8 @@ class Step:
 
     def run(self, shape: list[str], *args: str, timeout: float = 120) -> tuple[int, str]:
         """srun's exit code, and its stdout and stderr together (each line has its task)."""
-        done = subprocess.run(
-            self.argv(shape, *args),
-            env=self.runs.env,
-            cwd=self.runs.workdir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-        return done.returncode, done.stdout
+        self.start(shape, *args)
+        return self.finish(timeout)
 
     def start(self, shape: list[str], *args: str) -> subprocess.Popen[str]:
         self.srun = subprocess.Popen(
