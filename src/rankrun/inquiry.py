@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
     from rankrun.stacks import StackDump
 
-COMMANDS = ("stacks", "status")
 CPU_SAMPLE_S = 0.5
 DUMP_TIMEOUT_S = 10.0
 _STATES = {
