@@ -270,6 +270,15 @@ def test_ctrl_z_pauses_every_rank_and_fg_resumes_them(runs: Runs) -> None:
     assert launcher.returncode == 128 + signal.SIGTERM
 
 
+def test_ranks_do_not_inherit_the_launchers_blocked_sigtstp(runs: Runs) -> None:
+    runs.script("rank.sh", "grep SigBlk /proc/$$/status > blocked.$RANK\n")
+    result = runs.run("--nproc-per-node", "2", "--master-port", "0", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    for f in runs.wait_for_files("blocked.*", 2):
+        mask = int(f.read_text().split()[1], 16)
+        assert not mask & 1 << (signal.SIGTSTP - 1), f"{f.name}: {f.read_text()}"
+
+
 def test_tstp_outside_job_control_pauses_the_ranks_and_the_launcher_runs_on(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
     argv = runs.argv("--nproc-per-node", "2", "--master-port", "0", "./rank.sh")

@@ -42,6 +42,7 @@ class ScriptedHost:
         self.exited: set[int] = set()
         self.lingering: set[int] = set()
         self.paused = 0
+        self.stop_cancelled = False
         self.last_output = self.clock
         self.stack_requests: list[list[tuple[int, int]]] = []
         self._spawn_fails = spawn_fails
@@ -89,6 +90,9 @@ class ScriptedHost:
         self.clock += seconds
         self.exited.update(e.pid for e in events if isinstance(e, Exited))
         return events
+
+    def stop_pending(self) -> bool:
+        return not self.stop_cancelled
 
     def pause(self) -> None:
         self.paused += 1
@@ -170,6 +174,16 @@ def test_ctrl_z_stops_the_groups_then_the_launcher_and_fg_resumes_them() -> None
     supervise(host, ranks=1)
     assert host.signals == [(100, signal.SIGSTOP), (100, signal.SIGCONT)]
     assert host.paused == 1
+
+
+def test_a_ctrl_z_that_a_later_fg_cancelled_stops_nothing() -> None:
+    # The kernel drops a pending SIGTSTP when a SIGCONT comes, whatever order handlers saw.
+    host = ScriptedHost([(0.1, [Signalled(signal.SIGCONT), Signalled(signal.SIGTSTP)]),
+                         (0.1, [exit_(100)])])  # fmt: skip
+    host.stop_cancelled = True
+    supervise(host, ranks=1)
+    assert host.signals == [(100, signal.SIGCONT)]
+    assert host.paused == 0
 
 
 def test_a_helper_left_by_a_rank_that_exited_0_is_ended() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Runs, wait_gone
 from netns import make_hosts_fixture  # noqa: F401
+from test_gang import _wait_state, start_as_a_shell_job
 
 from rankrun.ports import free_port
 
@@ -164,6 +165,26 @@ def test_ctrl_c_on_any_node_ends_the_job_on_every_node(runs: Runs) -> None:
     assert (code0, code1) == (130, 130)
     assert "stopped: interrupted on node 1" in err0
     assert "the job ended: interrupted on node 1" in err1
+
+
+def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
+    runs.script("rank.sh", """
+        [ "$RANK" = 0 ] && exit 0
+        touch waiting
+        while [ ! -e go ]; do sleep 0.05; done
+    """)  # fmt: skip
+    flags = ["--nnodes", "2", "--master-port", str(free_port()), "./rank.sh"]
+    node0 = start_as_a_shell_job(runs, "--node-rank", "0", *flags)
+    node1 = runs.start("--node-rank", "1", *flags)
+    runs.wait_for_files("waiting", 1)
+    time.sleep(0.5)  # node 0's rank has ended: its agent waits for node 1's
+    node0.send_signal(signal.SIGTSTP)
+    assert _wait_state([node0.pid], "T"), "Ctrl-Z must stop a node with no ranks left"
+    node0.send_signal(signal.SIGCONT)
+    assert _wait_state([node0.pid], "S")
+    (runs.workdir / "go").touch()
+    assert node0.wait(timeout=30) == 0, node0.communicate()[1]
+    assert node1.wait(timeout=30) == 0, node1.communicate()[1]
 
 
 def test_restarts_are_job_wide(runs: Runs) -> None:

@@ -9,6 +9,7 @@ whole job, and leaves node 0 one report for every node.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -140,8 +141,12 @@ class Agent:
                 self._say_seen(number)
                 return end
             for e in host.wait(_RESULT_WAIT):
-                if isinstance(e, Signalled) and e.signum in TERMINATING:
+                if not isinstance(e, Signalled):
+                    continue
+                if e.signum in TERMINATING:
                     link.interrupted(e.signum)
+                elif e.signum == signal.SIGTSTP and host.stop_pending():
+                    host.pause()  # no rank is left here to pause
 
     def _say_seen(self, number: int) -> None:
         """Node 0 serves the store until every node has seen the attempt's end."""

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def group_exists(self, pgid: int) -> bool: ...
         def group_gone(self, pgid: int) -> None: ...
         def wait(self, timeout: float | None) -> list[Event]: ...
+        def stop_pending(self) -> bool: ...
         def pause(self) -> None: ...
         def stacks(self, ranks: list[tuple[int, int]]) -> list[str]: ...
 
@@ -144,12 +145,9 @@ class Gang:
             # (background jobs of a shell ignore SIGINT): ask it to stop the standard way.
             for member in exited:
                 self._signal_group(member, signal.SIGTERM)
-        signals = [e.signum for e in events if isinstance(e, Signalled)]
-        for i, signum in enumerate(signals):
-            if signum == signal.SIGTSTP and signal.SIGCONT in signals[i:]:
-                self._signal_groups(signal.SIGSTOP)  # and fg's SIGCONT, next, resumes them
-            else:
-                self._on_signal(signum)
+        for e in events:
+            if isinstance(e, Signalled):
+                self._on_signal(e.signum)
         for e in events:
             if isinstance(e, Stopped) and self.deadline is None:
                 self.stopped = Stop(e.reason, e.exit_code)
@@ -203,8 +201,11 @@ class Gang:
         """Ctrl-Z: stop every rank's group, then the launcher; the shell's fg sends SIGCONT.
 
         The ranks never see the terminal's SIGTSTP (each runs in a session of its own), and
-        the kernel discards SIGTSTP sent to their orphaned groups, so they get SIGSTOP.
+        the kernel discards SIGTSTP sent to their orphaned groups, so they get SIGSTOP. A
+        SIGCONT that came after the SIGTSTP, however close, cancels it.
         """
+        if not self.host.stop_pending():
+            return
         count = self._signal_groups(signal.SIGSTOP)
         self.printer.event(f"paused {count} rank group(s); fg resumes them")
         self.host.pause()

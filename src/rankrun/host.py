@@ -47,6 +47,7 @@ class Host:
         # Forked first, so that it is adopted by init and not by the launcher as subreaper.
         self._guardian = Guardian(self._grace, self._token)
         load_prctl()  # while the guardian's first fork exits
+        self._watch.hold_stops()
         self._guardian.adopted()
         self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
         self._subreaper = set_subreaper(True)
@@ -74,10 +75,14 @@ class Host:
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
         rank = Rank(spec, self._printer)
-        if spec.cpus is None:
-            rank.start()
-        else:
-            _bound(spec.cpus, rank.start)
+        self._watch.job.release()  # the rank inherits the signal mask
+        try:
+            if spec.cpus is None:
+                rank.start()
+            else:
+                _bound(spec.cpus, rank.start)
+        finally:
+            self._watch.job.retake()
         assert self._guardian is not None
         self._guardian.guard(rank.pid)
         for relay in rank.relays:
@@ -184,8 +189,12 @@ class Host:
             return [f"no stacks: {e}"]
         return format_dumps(dumps).splitlines()
 
+    def stop_pending(self) -> bool:
+        """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after it."""
+        return self._watch.stop_pending()
+
     def pause(self) -> None:
-        """Stop this process until SIGCONT, as Ctrl-Z would."""
+        """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already."""
         self._watch.pause()
 
     def raise_on_terminating(self) -> None:

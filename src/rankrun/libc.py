@@ -1,4 +1,4 @@
-"""The one libc call rankrun makes, through ``_ctypes`` (Linux; elsewhere it does nothing).
+"""The libc calls rankrun makes, through ``_ctypes`` (Linux; elsewhere they do nothing).
 
 ``_ctypes`` is the C module under ``ctypes``: calling prctl through it takes 0.9 ms, where
 importing ``ctypes`` takes 3 ms of every launch, for types rankrun never uses.
@@ -7,11 +7,14 @@ importing ``ctypes`` takes 3 ms of every launch, for types rankrun never uses.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
 _PR_SET_CHILD_SUBREAPER = 36
 _RTLD_NOW = 2
+_SFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC  # SFD_NONBLOCK | SFD_CLOEXEC
+_LONG_BYTES = 8 if sys.maxsize > 2**32 else 4
 
 
 def set_subreaper(on: bool) -> bool:
@@ -24,9 +27,23 @@ def set_subreaper(on: bool) -> bool:
     return prctl is not None and prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
-@functools.cache
+def open_signalfd(signum: int) -> int | None:
+    """A descriptor that reads as ready while ``signum`` is pending; None off Linux."""
+    signalfd = _function("signalfd")
+    if signalfd is None:
+        return None
+    word = (1 << (signum - 1)).to_bytes(_LONG_BYTES, sys.byteorder)
+    fd: int = signalfd(-1, word + bytes(128 - _LONG_BYTES), _SFD_FLAGS)  # a glibc sigset_t
+    return fd if fd >= 0 else None
+
+
 def load_prctl() -> Callable[..., int] | None:
     """libc's prctl; None off Linux. Loading it takes 0.5 ms: call this while a child runs."""
+    return _function("prctl")
+
+
+@functools.cache
+def _function(name: str) -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     import _ctypes
@@ -39,8 +56,14 @@ def load_prctl() -> Callable[..., int] | None:
         _restype_ = Int
 
     try:
-        libc = _ctypes.dlopen(None, _RTLD_NOW)  # type: ignore[arg-type]
-        address = _ctypes.dlsym(libc, "prctl")
+        address = _ctypes.dlsym(_libc(), name)
     except OSError:
         return None
     return Function(address)
+
+
+@functools.cache
+def _libc() -> int:
+    import _ctypes
+
+    return _ctypes.dlopen(None, _RTLD_NOW)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
+from rankrun.job_control import JobControl
 from rankrun.values import NamedTuple
 
 TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -69,6 +70,8 @@ class Watch:
         self._old_wakeup = -1
         self._pending = bytearray()
         """Signal numbers read from the wakeup fd but not yet handed out."""
+        self.job = JobControl()
+        self._stop_watched = False
 
     def __enter__(self) -> Watch:
         self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
@@ -85,6 +88,7 @@ class Watch:
     ) -> None:
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
+        self.job.close()
         signal.set_wakeup_fd(self._old_wakeup)
         self._selector.close()
         os.close(self._wakeup_r)
@@ -97,44 +101,50 @@ class Watch:
         if fd in self._selector.get_map():
             self._selector.unregister(fd)
 
-    def pause(self) -> None:
-        """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already.
+    def hold_stops(self) -> None:
+        """Keep SIGTSTP pending, to be read here and let through by ``pause()``; see job_control."""
+        self.job.hold()
 
-        A SIGCONT sent before the stop takes effect would be lost, and the job left stopped.
-        So the stop is made pending first (SIGTSTP, blocked), the wakeup fd is checked for a
-        SIGCONT that came since, and only then is the stop let through. A SIGCONT that comes
-        after the check discards the pending stop itself, as the kernel does. A SIGSTOP, which
-        can't be made pending, could not be made safe so.
-        """
-        tstp = {signal.SIGTSTP}
-        signal.pthread_sigmask(signal.SIG_BLOCK, tstp)
-        handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        try:
-            os.kill(os.getpid(), signal.SIGTSTP)
-            self._read_signals()
-            if signal.SIGCONT in self._pending:
-                signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # discards the pending stop
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, tstp)  # stops here until SIGCONT
-            signal.signal(signal.SIGTSTP, handler)
-        # In an orphaned process group (no shell's job control over it) the kernel discards
-        # the stop, and the launcher runs on; its ranks stay stopped until the SIGCONT.
+    def stop_pending(self) -> bool:
+        """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after the last SIGTSTP."""
+        return self.job.pending()
+
+    def pause(self) -> None:
+        """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already."""
+        self.job.stop(self._read_signals)
 
     def wait(self, timeout: float | None) -> list[Signalled]:
         """Block until something happens or ``timeout`` passes; reader callbacks run here.
 
-        Returns the signals that arrived, in order, SIGCHLD at most once.
+        Returns the signals that arrived, in order, SIGCHLD at most once; a pending SIGTSTP
+        comes last, once, and again only after it was obeyed or a SIGCONT dropped it.
         """
+        self._watch_stops()
         if self._pending:
             timeout = 0
+        stop = False
         for key, _ in self._selector.select(timeout):
-            if key.fd != self._wakeup_r:
+            if key.fd == self.job.fd:
+                self._selector.unregister(key.fd)
+                self._stop_watched, stop = False, True
+            elif key.fd != self._wakeup_r:
                 key.data()
         self._read_signals()
         signums, self._pending = bytes(self._pending), bytearray()
+        self.job.handled(signums)
         chld = signal.SIGCHLD in signums
         events = [Signalled(s) for s in signums if s != signal.SIGCHLD]
+        if stop:
+            events.append(Signalled(signal.SIGTSTP))
         return [Signalled(signal.SIGCHLD)] + events if chld else events
+
+    def _watch_stops(self) -> None:
+        """Select on the signalfd, unless the SIGTSTP it last reported is still pending."""
+        fd = self.job.fd
+        if fd is None or self._stop_watched or signal.SIGTSTP in signal.sigpending():
+            return
+        self._selector.register(fd, selectors.EVENT_READ)
+        self._stop_watched = True
 
     def _read_signals(self) -> bytes:
         """Move what the wakeup fd holds to the pending signals; return what was read."""

@@ -1,0 +1,86 @@
+"""Ctrl-Z and fg: the launcher stops if, and only if, the later of SIGTSTP and SIGCONT was SIGTSTP.
+
+The kernel knows which came later: a SIGCONT discards a pending SIGTSTP, and a SIGTSTP a
+pending SIGCONT. Signal handlers can't tell: when both arrive at once the kernel runs the
+later one's handler first, and a SIGTSTP the launcher sends itself to stop discards a SIGCONT
+sent just before it that no handler has run for yet. So on Linux SIGTSTP stays blocked while
+the ranks run, a signalfd reads as ready while one is pending, and the launcher stops by
+unblocking it: the kernel stops it only if no SIGCONT came since.
+
+A SIGTSTP can still reach the handler: while a rank is started (it must not inherit the
+block), on a thread that does not block it, or where there is no signalfd. Then the launcher
+stops itself with a SIGTSTP of its own, unless the handler saw a SIGCONT after it; both
+windows above stay open on that path, a few microseconds wide.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from rankrun.libc import open_signalfd
+
+_TSTP = {signal.SIGTSTP}
+
+
+class JobControl:
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        """A signalfd, ready while a SIGTSTP is pending; None until ``hold()`` succeeds."""
+        self._handled = False
+        """A SIGTSTP reached the handler, and no SIGCONT after it."""
+
+    def hold(self) -> None:
+        """From now on, keep SIGTSTP pending; where there is no signalfd, do nothing."""
+        self.fd = open_signalfd(signal.SIGTSTP)
+        if self.fd is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
+
+    def close(self) -> None:
+        """Let SIGTSTP through again: one still pending stops the launcher now."""
+        if self.fd is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)
+            os.close(self.fd)
+            self.fd = None
+
+    def release(self) -> None:
+        """Let SIGTSTP reach the handler while a child is started, which inherits the mask."""
+        if self.fd is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)
+
+    def retake(self) -> None:
+        if self.fd is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
+
+    def handled(self, signums: bytes) -> None:
+        """The signals the handler ran for, in the order it ran."""
+        for signum in signums:
+            if signum == signal.SIGTSTP:
+                self._handled = True
+            elif signum == signal.SIGCONT:
+                self._handled = False
+
+    def pending(self) -> bool:
+        """Whether the job is to stop: no SIGCONT came after the last SIGTSTP."""
+        return self._handled or self.fd is not None and signal.SIGTSTP in signal.sigpending()
+
+    def stop(self, read_handled: Callable[[], bytes]) -> None:
+        """Stop this process until SIGCONT, unless a SIGCONT has come since the SIGTSTP.
+
+        ``read_handled`` returns the signals handled since the last call. In an orphaned
+        process group (no shell's job control over it) the kernel discards the stop, and the
+        launcher runs on.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
+        handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:
+            if self._handled:
+                self._handled = False
+                os.kill(os.getpid(), signal.SIGTSTP)  # pending: a SIGCONT from now on drops it
+                if signal.SIGCONT in read_handled():
+                    signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # drops the pending stop
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)  # stops here, until SIGCONT
+            self.retake()
+            signal.signal(signal.SIGTSTP, handler)
