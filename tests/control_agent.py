@@ -86,7 +86,7 @@ def heartbeat(hb: control.Heartbeat) -> None:
             say(lost=lost)
         if hb.cut_off() and "cut_off" not in said:
             said.add("cut_off")
-            say(cut_off=True, quiet_for=round(hb.quiet_for(), 2), error=hb.error)
+            say(cut_off=True, quiet_for=hb.quiet_for(), error=hb.error)
         time.sleep(0.05)
 
 
