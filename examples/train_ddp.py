@@ -10,6 +10,7 @@ guarantees; a mismatch raises, and rankrun names that rank as the root cause.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -48,7 +49,11 @@ def main() -> None:
     if not torch.equal(flat, reference):
         raise RuntimeError(f"rank {rank} holds weights that differ from rank 0's")
     print(f"rank {rank}/{world_size} (local {os.environ['LOCAL_RANK']}): weights match rank 0")
-    del model, optimizer  # DDP's reducer holds the process group and its pending work
+    # DDP sits in reference cycles that hold the process group. Collected here, the group ends
+    # with destroy_process_group(), threads and all; left to Python's exit, a gloo thread may
+    # still free its last work there, and abort the rank.
+    del model, optimizer
+    gc.collect()
     dist.barrier()  # no rank tears gloo down while a peer still talks to it
     dist.destroy_process_group()
 
