@@ -167,6 +167,26 @@ def test_ctrl_c_on_any_node_ends_the_job_on_every_node(runs: Runs) -> None:
     assert "the job ended: interrupted on node 1" in err1
 
 
+def test_a_nodes_own_copy_of_the_jobs_signal_leaves_its_ranks_their_grace(runs: Runs) -> None:
+    # A scheduler signals every node, and another node's word may arrive first.
+    runs.script("rank.sh", """
+        save=0.2; [ "$RANK" -lt 2 ] && save=2  # node 0's ranks still save when its copy comes
+        trap 'sleep $save; touch saved.$RANK; exit 0' TERM
+        touch up.$RANK
+        while :; do sleep 0.1; done
+    """)  # fmt: skip
+    flags = ["--nnodes", "2", "--nproc-per-node", "2", "--master-port", str(free_port())]
+    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "./rank.sh") for n in (0, 1))
+    runs.wait_for_files("up.*", 4)
+    node1.send_signal(signal.SIGTERM)
+    runs.wait_for_files("saved.[23]", 2)  # node 0 began its teardown at node 1's word
+    node0.send_signal(signal.SIGTERM)
+    (_, err0), (_, err1) = node0.communicate(timeout=30), node1.communicate(timeout=30)
+    assert (node0.returncode, node1.returncode) == (143, 143), err0 + err1
+    assert "got SIGTERM here too; the teardown goes on" in err0
+    assert sorted(p.name for p in runs.workdir.glob("saved.*")) == [f"saved.{r}" for r in range(4)]
+
+
 def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     runs.script("rank.sh", """
         [ "$RANK" = 0 ] && exit 0

@@ -101,6 +101,8 @@ class Gang:
         """Members not yet seen to exit, by pid."""
         self.cause: _Member | None = None
         self.interrupted_by: int | None = None
+        self.job_signal: int | None = None
+        """The signal that ended the job on another node, until this node gets its own copy."""
         self.launcher_error: str | None = None
         self.deadline: float | None = None
         """When the teardown's grace ends (or, once killed, when to stop waiting)."""
@@ -151,6 +153,7 @@ class Gang:
         for e in events:
             if isinstance(e, Stopped) and self.deadline is None:
                 self.stopped = Stop(e.reason, e.exit_code)
+                self.job_signal = e.signum
                 self.printer.event(e.reason)
                 self._teardown(signal.SIGTERM)
         if self._past_deadline() and not self.killed:
@@ -187,6 +190,9 @@ class Gang:
             self._teardown(signum)
             if self.coordinator is not None:
                 self.coordinator.interrupted(signum)
+        elif signum == self.job_signal:
+            self.job_signal = None  # Slurm and Kubernetes signal every node: the next one kills
+            self.printer.event(f"got {name} here too; the teardown goes on")
         elif signum in TERMINATING and not self.killed:
             again = " again" if self.interrupted_by is not None else " during the teardown"
             self.interrupted_by = self.interrupted_by or signum

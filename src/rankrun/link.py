@@ -79,7 +79,7 @@ class Link:
         name = signal.Signals(signum).name
         reason = f"interrupted on node {self.node_rank} ({self.host}) by {name}"
         attempt = self.attempt
-        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, 128 + signum))
+        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, 128 + signum, signum))
         self._kick.set()
 
     def stopped(self, stop: Stop) -> None:
@@ -125,10 +125,9 @@ class Link:
         while not self._requests.empty():
             self._requests.get()()
 
-    def _end(
-        self, attempt: int, kind: str, reason: str, code: int, lost: Sequence[int] = ()
-    ) -> None:
-        record = json.dumps({"kind": kind, "reason": reason, "code": code,
+    def _end(self, attempt: int, kind: str, reason: str, code: int, signum: int | None = None,
+             lost: Sequence[int] = ()) -> None:  # fmt: skip
+        record = json.dumps({"kind": kind, "reason": reason, "code": code, "signal": signum,
                              "node": self.node_rank, "lost": list(lost)})  # fmt: skip
         control.end_attempt(self.store, attempt, record)
 
@@ -136,7 +135,7 @@ class Link:
         if lost:
             named = ", ".join(f"{r} ({self.nodes[r].host}, pid {self.nodes[r].pid})" for r in lost)
             reason = f"node {named} lost: no heartbeat for {self.timeout:g} s"
-            self._end(self.attempt, End.LOST, reason, 1, lost)
+            self._end(self.attempt, End.LOST, reason, 1, lost=lost)
 
     @property
     def cut_off(self) -> bool:
@@ -151,7 +150,7 @@ class Link:
             return
         end = self.ends[attempt] = json.loads(raw)
         if end["node"] != self.node_rank or end["kind"] == End.LOST:
-            self._tell(attempt, Stopped(end["reason"], end["code"]))
+            self._tell(attempt, Stopped(end["reason"], end["code"], end.get("signal")))
         else:
             self._told.add(attempt)
 

@@ -37,6 +37,8 @@ class Stopped(NamedTuple):
 
     reason: str
     exit_code: int
+    signum: int | None = None
+    """The signal that interrupted the job there, which a scheduler sends this node too."""
 
 
 Event = Exited | Signalled | Stopped
