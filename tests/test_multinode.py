@@ -187,6 +187,22 @@ def test_a_nodes_own_copy_of_the_jobs_signal_leaves_its_ranks_their_grace(runs: 
     assert sorted(p.name for p in runs.workdir.glob("saved.*")) == [f"saved.{r}" for r in range(4)]
 
 
+def test_no_thread_of_an_agent_takes_a_sigtstp_from_the_loop(runs: Runs) -> None:
+    # A thread that does not block SIGTSTP would take it first, on the path that can lose a fg.
+    runs.script("rank.sh", "touch up.$RANK\nwhile [ ! -e go ]; do sleep 0.05; done\n")
+    flags = ["--nnodes", "2", "--master-port", str(free_port()), "./rank.sh"]
+    nodes = [runs.start("--node-rank", str(n), *flags) for n in (0, 1)]
+    runs.wait_for_files("up.*", 2)
+    for node in nodes:
+        for status in Path(f"/proc/{node.pid}/task").glob("*/status"):
+            text = status.read_text()
+            blocked = int(text.split("SigBlk:")[1].split()[0], 16)
+            name = text.split()[1]
+            assert blocked & 1 << (signal.SIGTSTP - 1), f"{name} of node {nodes.index(node)}"
+    (runs.workdir / "go").touch()
+    assert [node.wait(timeout=30) for node in nodes] == [0, 0]
+
+
 def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     runs.script("rank.sh", """
         [ "$RANK" = 0 ] && exit 0

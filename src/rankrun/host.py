@@ -75,14 +75,11 @@ class Host:
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
         rank = Rank(spec, self._printer)
-        self._watch.job.release()  # the rank inherits the signal mask
-        try:
+        with self._watch.job.released():
             if spec.cpus is None:
                 rank.start()
             else:
                 _bound(spec.cpus, rank.start)
-        finally:
-            self._watch.job.retake()
         assert self._guardian is not None
         self._guardian.guard(rank.pid)
         for relay in rank.relays:
@@ -184,7 +181,8 @@ class Host:
         from rankrun.stacks import StacksError, dump, format_dumps
 
         try:
-            dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
+            with self._watch.job.released():
+                dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
         except StacksError as e:
             return [f"no stacks: {e}"]
         return format_dumps(dumps).splitlines()

@@ -7,21 +7,39 @@ sent just before it that no handler has run for yet. So on Linux SIGTSTP stays b
 the ranks run, a signalfd reads as ready while one is pending, and the launcher stops by
 unblocking it: the kernel stops it only if no SIGCONT came since.
 
-A SIGTSTP can still reach the handler: while a rank is started (it must not inherit the
-block), on a thread that does not block it, or where there is no signalfd. Then the launcher
-stops itself with a SIGTSTP of its own, unless the handler saw a SIGCONT after it; both
-windows above stay open on that path, a few microseconds wide.
+A SIGTSTP can still reach the handler: while a child is started (it must not inherit the
+block), on a thread of the caller's that does not block it, or where there is no signalfd.
+Then the launcher stops itself with a SIGTSTP of its own, sent to its own thread, unless the
+handler saw a SIGCONT after it; both windows above stay open on that path. Threads rankrun
+starts (a node agent's link and store threads) block SIGTSTP from their first instruction.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 from collections.abc import Callable
 
 from rankrun.libc import open_signalfd
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds of every launch
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 _TSTP = {signal.SIGTSTP}
+
+
+def start_threads(start: Callable[[], T]) -> T:
+    """Call ``start`` with SIGTSTP blocked, so that the threads it starts keep it blocked and
+    a SIGTSTP is always this thread's to take."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
+    try:
+        return start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class JobControl:
@@ -44,12 +62,11 @@ class JobControl:
             os.close(self.fd)
             self.fd = None
 
-    def release(self) -> None:
-        """Let SIGTSTP reach the handler while a child is started, which inherits the mask."""
-        if self.fd is not None:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)
+    def released(self) -> Released:
+        """A ``with`` block that starts children: they inherit the signal mask."""
+        return Released(self)
 
-    def retake(self) -> None:
+    def _retake(self) -> None:
         if self.fd is not None:
             signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
 
@@ -77,10 +94,25 @@ class JobControl:
         try:
             if self._handled:
                 self._handled = False
-                os.kill(os.getpid(), signal.SIGTSTP)  # pending: a SIGCONT from now on drops it
+                # Pending on this thread, which blocks it: a SIGCONT from now on drops it.
+                signal.pthread_kill(_thread.get_ident(), signal.SIGTSTP)
                 if signal.SIGCONT in read_handled():
                     signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # drops the pending stop
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)  # stops here, until SIGCONT
-            self.retake()
+            self._retake()
             signal.signal(signal.SIGTSTP, handler)
+
+
+class Released:
+    """While entered, SIGTSTP is not blocked, so that a child started now has it unblocked."""
+
+    def __init__(self, job: JobControl) -> None:
+        self._job = job
+
+    def __enter__(self) -> None:
+        if self._job.fd is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)
+
+    def __exit__(self, *exc: object) -> None:
+        self._job._retake()

@@ -91,8 +91,10 @@ def _join(
             f"--nnodes {plan.nnodes} needs torch, to coordinate the nodes: pip install torch"
         ) from None
     from rankrun.agent import Agent
+    from rankrun.job_control import start_threads
 
-    return Agent.join(plan, script, args, options.run_id is not None, printer)
+    given = options.run_id is not None
+    return start_threads(lambda: Agent.join(plan, script, args, given, printer))
 
 
 def _make_log_root(root: str, options: Options) -> None:
