@@ -51,6 +51,17 @@ def test_launch_restores_the_callers_signal_handlers(runs: Runs) -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_launch_restores_the_callers_signal_mask(runs: Runs) -> None:
+    script = runs.script("rank.sh", "exit 0\n")
+    for mask in ({signal.SIGUSR1}, {signal.SIGUSR1, signal.SIGTSTP}):
+        before = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            assert rankrun.launch(str(script), (), rankrun.Options(master_port=0), env=runs.env).ok
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def test_bad_input_raises_usage_error_before_spawning(runs: Runs) -> None:
     with pytest.raises(rankrun.UsageError, match="outside"):
         rankrun.launch("x.sh", (), rankrun.Options(nnodes=2, node_rank=5))

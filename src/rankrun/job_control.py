@@ -50,7 +50,10 @@ class JobControl:
         """A SIGTSTP reached the handler, and no SIGCONT after it."""
 
     def hold(self) -> None:
-        """From now on, keep SIGTSTP pending; where there is no signalfd, do nothing."""
+        """From now on, keep SIGTSTP pending. Where there is no signalfd, or the caller keeps
+        SIGTSTP blocked already, do nothing."""
+        if signal.SIGTSTP in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+            return
         self.fd = open_signalfd(signal.SIGTSTP)
         if self.fd is not None:
             signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
