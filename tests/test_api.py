@@ -13,6 +13,9 @@ from conftest import Runs
 
 import rankrun
 from rankrun import cli, launcher
+from rankrun.guardian import Guardian
+from rankrun.host import Host
+from rankrun.printer import Printer
 
 
 def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:
@@ -60,6 +63,29 @@ def test_launch_restores_the_callers_signal_mask(runs: Runs) -> None:
             assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_a_host_that_fails_on_entry_gives_back_the_callers_signal_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = Guardian.adopted
+
+    def adopted_then_fail(self: Guardian) -> None:
+        real(self)
+        raise OSError("a stand-in for a fork that failed")
+
+    def state() -> tuple[object, ...]:
+        wakeup = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(wakeup)
+        handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGTSTP)]
+        return (*handlers, wakeup, signal.pthread_sigmask(signal.SIG_BLOCK, ()),
+                sorted(os.listdir("/proc/self/fd")))  # fmt: skip
+
+    monkeypatch.setattr(Guardian, "adopted", adopted_then_fail)
+    before = state()
+    with pytest.raises(OSError, match="stand-in"):
+        Host(Printer(), 1.0, 1, "token").__enter__()
+    assert state() == before
 
 
 def test_bad_input_raises_usage_error_before_spawning(runs: Runs) -> None:

@@ -354,6 +354,25 @@ def test_a_daemon_that_left_its_ranks_group_is_ended_and_named(runs: Runs) -> No
     assert "(sleep)" in result.stderr
 
 
+def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> None:
+    runs.script("daemon.sh", "trap '' TERM\ntouch daemon.$1\nwhile :; do sleep 0.1; done\n")
+    runs.script("rank.sh", """
+        setsid ./daemon.sh $RANK &
+        while [ ! -e daemon.$RANK ]; do sleep 0.01; done  # it has left the rank's group
+        touch done.$RANK
+    """)  # fmt: skip
+    launcher = start_as_a_shell_job(runs, "--nproc-per-node", "2", "--shutdown-timeout", "5",
+                                    "./rank.sh")  # fmt: skip
+    runs.wait_for_files("done.*", 2)
+    time.sleep(0.5)  # the ranks have ended: the daemons ignore the SIGTERM for 5 s
+    launcher.send_signal(signal.SIGTSTP)
+    assert _wait_state([launcher.pid], "T", timeout=2)
+    launcher.send_signal(signal.SIGCONT)
+    _, err = launcher.communicate(timeout=20)
+    assert launcher.returncode == 0, err
+    assert "ended 2 process(es) that had left their rank's group" in err
+
+
 def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Runs) -> None:
     runs.script(
         "rank.sh", f'{DAEMON} > "tmp.$RANK"\nmv "tmp.$RANK" "daemon.$RANK"\nexec sleep 300\n'

@@ -23,7 +23,7 @@ from rankrun.printer import Printer
 from rankrun.rank import Rank
 from rankrun.reaper import Reaper
 from rankrun.relay import Relay
-from rankrun.watch import Event, Watch
+from rankrun.watch import Event, Signalled, Watch
 
 
 class Host:
@@ -43,14 +43,18 @@ class Host:
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
         self._watch.__enter__()
-        self._reaper = Reaper()
-        # Forked first, so that it is adopted by init and not by the launcher as subreaper.
-        self._guardian = Guardian(self._grace, self._token)
-        load_prctl()  # while the guardian's first fork exits
-        self._watch.hold_stops()
-        self._guardian.adopted()
-        self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
-        self._subreaper = set_subreaper(True)
+        try:
+            self._reaper = Reaper()
+            # Forked first, so that it is adopted by init and not by the launcher as subreaper.
+            self._guardian = Guardian(self._grace, self._token)
+            load_prctl()  # while the guardian's first fork exits
+            self._watch.hold_stops()
+            self._guardian.adopted()
+            self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
+            self._subreaper = set_subreaper(True)
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def __exit__(
@@ -164,7 +168,9 @@ class Host:
         self._signal_escaped(pids, signal.SIGTERM)
         deadline = self.now() + self._grace
         while pids and self.now() < deadline:
-            self._watch.wait(min(0.05, deadline - self.now()))
+            signals = self._watch.wait(min(0.05, deadline - self.now()))
+            if Signalled(signal.SIGTSTP) in signals and self.stop_pending():
+                self.pause()  # no rank is left to pause
             pids -= {e.pid for e in self._reaper.reap()}
         self._signal_escaped(pids, signal.SIGKILL)
         return named
