@@ -203,6 +203,26 @@ def test_no_thread_of_an_agent_takes_a_sigtstp_from_the_loop(runs: Runs) -> None
     assert [node.wait(timeout=30) for node in nodes] == [0, 0]
 
 
+def test_a_signal_during_a_failures_teardown_ends_the_job_without_restart(runs: Runs) -> None:
+    runs.script("rank.sh", """
+        trap 'sleep 2; exit 0' TERM  # a slow teardown
+        touch up.$RANK.$TORCHELASTIC_RESTART_COUNT
+        [ "$RANK$TORCHELASTIC_RESTART_COUNT" = 30 ] && { sleep 0.3; exit 1; }
+        while :; do sleep 0.1; done
+    """)  # fmt: skip
+    flags = ["--nnodes", "2", "--nproc-per-node", "2", "--max-restarts", "1",
+             "--master-port", str(free_port()), "./rank.sh"]  # fmt: skip
+    node0, node1 = (runs.start("--node-rank", str(n), *flags) for n in (0, 1))
+    runs.wait_for_files("up.*.0", 4)
+    time.sleep(1.0)  # rank 3 has failed: every rank is in its 2 s teardown
+    node1.send_signal(signal.SIGTERM)
+    (_, err0), (_, err1) = node0.communicate(timeout=30), node1.communicate(timeout=30)
+    assert "got SIGTERM during the teardown" in err1
+    assert "restart" not in err0 + err1
+    assert not list(runs.workdir.glob("up.*.1"))
+    assert node0.returncode != 0 and node1.returncode != 0
+
+
 def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     runs.script("rank.sh", """
         [ "$RANK" = 0 ] && exit 0

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from rankrun import control
 from rankrun.errors import UsageError
@@ -26,6 +26,7 @@ from rankrun.printer import Printer
 from rankrun.watch import TERMINATING, Signalled
 
 _RESULT_WAIT = 0.1
+T = TypeVar("T")
 
 
 class Agent:
@@ -100,6 +101,8 @@ class Agent:
         plan = self._plan_for(number)
         attempt = Gang(plan, number, host, printer, self.link).supervise()
         result = self._result(attempt)
+        if attempt.interrupted_by:
+            self._try(lambda: control.publish_interrupt(self.store, number))
         self._try(lambda: control.publish_result(self.store, number, result))
         end = self._await_job(number, host)
         if end is not None and end.get("node") != self.plan.node_rank:
@@ -153,14 +156,14 @@ class Agent:
         key = self.store.key("attempt", number, "seen")
         self._try(lambda: self.store.client.add(key, 1))
 
-    def _try(self, call: Callable[[], object]) -> None:
+    def _try(self, call: Callable[[], T]) -> T | None:
         """A store call at the end of an attempt: skipped once cut off, and bounded."""
         if self.link.cut_off:
-            return
+            return None
         try:
-            control.bounded(call, self.plan.rendezvous.node_timeout, "the job's store")
+            return control.bounded(call, self.plan.rendezvous.node_timeout, "the job's store")
         except (control.ControlError, RuntimeError):
-            pass  # cut off now: the other nodes declare this one lost
+            return None  # cut off now: the other nodes declare this one lost
 
     def conclude(self, outcome: Outcome, printer: Printer, summary: str | None) -> None:
         """Node 0: one report for the whole job. Other nodes: one line on how it ended."""
@@ -196,7 +199,11 @@ class Agent:
 
     def _restarts(self, attempt: Attempt, number: int) -> bool:
         end = self.link.ends.get(number) or {}
-        return end.get("kind") == End.FAILURE and number < self.plan.max_restarts
+        if end.get("kind") != End.FAILURE or number >= self.plan.max_restarts:
+            return False
+        # A signal during the failure's teardown ends the job, as on one node. Every node
+        # has every result by now, and a node publishes its interrupt before its result.
+        return self._try(lambda: control.interrupted(self.store, number)) is False
 
     def close(self) -> None:
         self.link.close()

@@ -19,6 +19,7 @@ Keys (``P`` is ``rankrun/<run id>``)::
     P/attempt/<k>/end                  why attempt k ended (the first writer's reason)
     P/attempt/<k>/result/<node>        NodeResult
     P/attempt/<k>/results              counter: results published
+    P/attempt/<k>/interrupts           counter: nodes whose part a signal to them ended
     P/barrier/<name>/<node>, /count, /open
 
 Facts learnt from torch 2.13 that shape this module:
@@ -59,7 +60,9 @@ from rankrun.control.attempt import (
     failures,
     first_failure,
     gather_results,
+    interrupted,
     publish_failure,
+    publish_interrupt,
     publish_result,
 )
 from rankrun.control.calls import ControlError, Unresponsive, bounded
@@ -114,8 +117,10 @@ __all__ = [
     "first_failure",
     "gather_results",
     "host",
+    "interrupted",
     "join",
     "publish_failure",
+    "publish_interrupt",
     "publish_result",
     "read_job",
     "torch_distributed",

@@ -89,6 +89,17 @@ def attempt_ended(store: JobStore, attempt: int) -> str | None:
     return None if raw is None else raw.decode()
 
 
+def publish_interrupt(store: JobStore, attempt: int) -> None:
+    """A signal to this node ended its part of the attempt: the job must not restart.
+    Published before the node's result, so that whoever has every result sees it."""
+    store.client.add(store.key("attempt", attempt, "interrupts"), 1)
+
+
+def interrupted(store: JobStore, attempt: int) -> bool:
+    """Whether a signal to any node ended its part of the attempt."""
+    return bool(store.client.add(store.key("attempt", attempt, "interrupts"), 0))
+
+
 def publish_result(store: JobStore, attempt: int, result: NodeResult) -> None:
     store.client.set(store.key("attempt", attempt, "result", result.node_rank), dump(result))
     store.client.add(store.key("attempt", attempt, "results"), 1)
