@@ -92,7 +92,7 @@ class JobControl:
         process group (no shell's job control over it) the kernel discards the stop, and the
         launcher runs on.
         """
-        signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _TSTP)
         handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         try:
             if self._handled:
@@ -103,7 +103,7 @@ class JobControl:
                     signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # drops the pending stop
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _TSTP)  # stops here, until SIGCONT
-            self._retake()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             signal.signal(signal.SIGTSTP, handler)
 
 

@@ -40,7 +40,9 @@ def launch(
     printer = Printer(timestamps=options.timestamps)
     agent = None
     if plan.nnodes > 1:
-        agent = _join(plan, script, args, options, printer)
+        from rankrun.job_control import start_threads
+
+        agent = start_threads(lambda: _join(plan, script, args, options, printer))
         plan = agent.plan  # its run id may be node 0's, and with it the log directory
     if plan.layout is None:
         plan = plan._replace(error_dir=_make_error_dir(plan))
@@ -91,10 +93,8 @@ def _join(
             f"--nnodes {plan.nnodes} needs torch, to coordinate the nodes: pip install torch"
         ) from None
     from rankrun.agent import Agent
-    from rankrun.job_control import start_threads
 
-    given = options.run_id is not None
-    return start_threads(lambda: Agent.join(plan, script, args, given, printer))
+    return Agent.join(plan, script, args, options.run_id is not None, printer)
 
 
 def _make_log_root(root: str, options: Options) -> None:
