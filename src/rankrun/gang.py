@@ -190,8 +190,9 @@ class Gang:
             self._teardown(signum)
             if self.coordinator is not None:
                 self.coordinator.interrupted(signum)
-        elif signum == self.job_signal:
+        elif signum == self.job_signal and not self.killed:
             self.job_signal = None  # Slurm and Kubernetes signal every node: the next one kills
+            self.interrupted_by = signum
             self.printer.event(f"got {name} here too; the teardown goes on")
         elif signum in TERMINATING and not self.killed:
             again = " again" if self.interrupted_by is not None else " during the teardown"
@@ -221,9 +222,10 @@ class Gang:
         self.deadline = self.host.now() + grace
         count = self._signal_groups(signum)
         if count:
+            twice = " twice" if self.job_signal == signal.SIGINT else ""
             self.printer.event(
                 f"sent {signal_name(signum)} to {count} rank group(s); "
-                f"SIGKILL in {grace:g} s (Ctrl-C to kill now)"
+                f"SIGKILL in {grace:g} s (Ctrl-C{twice} to kill now)"
             )
 
     def _check_stall(self) -> None:
