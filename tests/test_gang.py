@@ -373,6 +373,22 @@ def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> 
     assert "ended 2 process(es) that had left their rank's group" in err
 
 
+def test_ctrl_c_while_escaped_daemons_are_ended_kills_them_at_once(runs: Runs) -> None:
+    runs.script("daemon.sh", "trap '' TERM\ntouch daemon.$1\nwhile :; do sleep 0.1; done\n")
+    runs.script("rank.sh", """
+        setsid ./daemon.sh $RANK &
+        while [ ! -e daemon.$RANK ]; do sleep 0.01; done  # it has left the rank's group
+        touch done.$RANK
+    """)  # fmt: skip
+    launcher = runs.start_gang(2, "--shutdown-timeout", "60", "./rank.sh")
+    runs.wait_for_files("done.*", 2)
+    time.sleep(0.5)  # the ranks have ended: the daemons ignore the SIGTERM
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=10)
+    assert launcher.returncode == 0, err  # the ranks' exit code, as the report gave it
+    assert "ended 2 process(es) that had left their rank's group" in err
+
+
 def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Runs) -> None:
     runs.script(
         "rank.sh", f'{DAEMON} > "tmp.$RANK"\nmv "tmp.$RANK" "daemon.$RANK"\nexec sleep 300\n'

@@ -23,7 +23,7 @@ from rankrun.printer import Printer
 from rankrun.rank import Rank
 from rankrun.reaper import Reaper
 from rankrun.relay import Relay
-from rankrun.watch import Event, Signalled, Watch
+from rankrun.watch import TERMINATING, Event, Signalled, Watch
 
 
 class Host:
@@ -172,6 +172,8 @@ class Host:
             if Signalled(signal.SIGTSTP) in signals and self.stop_pending():
                 self.pause()  # no rank is left to pause
             pids -= {e.pid for e in self._reaper.reap()}
+            if any(s.signum in TERMINATING for s in signals):
+                break  # asked to hurry: no grace
         self._signal_escaped(pids, signal.SIGKILL)
         return named
 
