@@ -354,17 +354,26 @@ def test_a_daemon_that_left_its_ranks_group_is_ended_and_named(runs: Runs) -> No
     assert "(sleep)" in result.stderr
 
 
-def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> None:
+def _ranks_leave_daemons_that_ignore_sigterm(runs: Runs) -> None:
     runs.script("daemon.sh", "trap '' TERM\ntouch daemon.$1\nwhile :; do sleep 0.1; done\n")
     runs.script("rank.sh", """
         setsid ./daemon.sh $RANK &
         while [ ! -e daemon.$RANK ]; do sleep 0.01; done  # it has left the rank's group
         touch done.$RANK
     """)  # fmt: skip
+
+
+def _wait_until_the_ranks_ended(runs: Runs) -> None:
+    """Two ranks: after this, rankrun is ending their daemons, within its grace period."""
+    runs.wait_for_files("done.*", 2)
+    time.sleep(0.5)
+
+
+def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> None:
+    _ranks_leave_daemons_that_ignore_sigterm(runs)
     launcher = start_as_a_shell_job(runs, "--nproc-per-node", "2", "--shutdown-timeout", "5",
                                     "./rank.sh")  # fmt: skip
-    runs.wait_for_files("done.*", 2)
-    time.sleep(0.5)  # the ranks have ended: the daemons ignore the SIGTERM for 5 s
+    _wait_until_the_ranks_ended(runs)
     launcher.send_signal(signal.SIGTSTP)
     assert _wait_state([launcher.pid], "T", timeout=2)
     launcher.send_signal(signal.SIGCONT)
@@ -374,15 +383,9 @@ def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> 
 
 
 def test_ctrl_c_while_escaped_daemons_are_ended_kills_them_at_once(runs: Runs) -> None:
-    runs.script("daemon.sh", "trap '' TERM\ntouch daemon.$1\nwhile :; do sleep 0.1; done\n")
-    runs.script("rank.sh", """
-        setsid ./daemon.sh $RANK &
-        while [ ! -e daemon.$RANK ]; do sleep 0.01; done  # it has left the rank's group
-        touch done.$RANK
-    """)  # fmt: skip
+    _ranks_leave_daemons_that_ignore_sigterm(runs)
     launcher = runs.start_gang(2, "--shutdown-timeout", "60", "./rank.sh")
-    runs.wait_for_files("done.*", 2)
-    time.sleep(0.5)  # the ranks have ended: the daemons ignore the SIGTERM
+    _wait_until_the_ranks_ended(runs)
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=10)
     assert launcher.returncode == 0, err  # the ranks' exit code, as the report gave it
