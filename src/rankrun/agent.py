@@ -148,7 +148,7 @@ class Agent:
                     continue
                 if e.signum in TERMINATING:
                     link.interrupted(e.signum)
-                elif e.signum == signal.SIGTSTP and host.stop_pending():
+                elif e.signum == signal.SIGTSTP:
                     host.pause()  # no rank is left here to pause
 
     def _say_seen(self, number: int) -> None:

@@ -169,7 +169,7 @@ class Host:
         deadline = self.now() + self._grace
         while pids and self.now() < deadline:
             signals = self._watch.wait(min(0.05, deadline - self.now()))
-            if Signalled(signal.SIGTSTP) in signals and self.stop_pending():
+            if Signalled(signal.SIGTSTP) in signals:
                 self.pause()  # no rank is left to pause
             pids -= {e.pid for e in self._reaper.reap()}
             if any(s.signum in TERMINATING for s in signals):

@@ -73,7 +73,6 @@ class Watch:
         self._pending = bytearray()
         """Signal numbers read from the wakeup fd but not yet handed out."""
         self.job = JobControl()
-        self._stop_watched = False
 
     def __enter__(self) -> Watch:
         self._old_wakeup = signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
@@ -128,7 +127,7 @@ class Watch:
         for key, _ in self._selector.select(timeout):
             if key.fd == self.job.fd:
                 self._selector.unregister(key.fd)
-                self._stop_watched, stop = False, True
+                stop = True
             elif key.fd != self._wakeup_r:
                 key.data()
         self._read_signals()
@@ -143,10 +142,9 @@ class Watch:
     def _watch_stops(self) -> None:
         """Select on the signalfd, unless the SIGTSTP it last reported is still pending."""
         fd = self.job.fd
-        if fd is None or self._stop_watched or signal.SIGTSTP in signal.sigpending():
+        if fd is None or fd in self._selector.get_map() or signal.SIGTSTP in signal.sigpending():
             return
         self._selector.register(fd, selectors.EVENT_READ)
-        self._stop_watched = True
 
     def _read_signals(self) -> bytes:
         """Move what the wakeup fd holds to the pending signals; return what was read."""
