@@ -6,7 +6,7 @@
 # Steps, most telling first, each under `timeout` and capped by what is left of ~9 minutes:
 #   setup     a venv holding rankrun (editable) and a CUDA torch: the machine's own torch,
 #             seen through a .pth file; pip is tried only where none is found
-#   topology  rankrun.topology against torch and nvidia-smi: GPU count under several
+#   topology  rankrun.plan.topology against torch and nvidia-smi: GPU count under several
 #             CUDA_VISIBLE_DEVICES, PCI bus ids, NUMA nodes, the CPU split (needs no CLI flag)
 #   nccl      rankrun --nproc-per-node gpu|auto with an NCCL all_reduce: ranks == GPUs, exit 0;
 #             and gpu with every GPU hidden: a one-line error, exit != 0
@@ -175,7 +175,7 @@ EOF
     cat >"$WORK/topology_vs_torch.py" <<'EOF'
 import os, time
 t0 = time.perf_counter()
-from rankrun import topology as tp
+from rankrun.plan import topology as tp
 t1 = time.perf_counter()
 g = tp.gpus(os.environ)
 t2 = time.perf_counter()
@@ -183,7 +183,7 @@ topo = tp.cpu_topology()
 t3 = time.perf_counter()
 import torch
 bad = 0
-print(f"import rankrun.topology {(t1 - t0) * 1e3:.2f} ms (the package with it), "
+print(f"import rankrun.plan.topology {(t1 - t0) * 1e3:.2f} ms (the package with it), "
       f"gpus() {(t2 - t1) * 1e3:.2f} ms, cpu_topology() {(t3 - t2) * 1e3:.2f} ms")
 print(f"gpus: {g}")
 print(f"count_gpus {tp.count_gpus(os.environ)}, torch.cuda.device_count {torch.cuda.device_count()}")
@@ -211,7 +211,7 @@ EOF
     # and as the CUDA runtime itself does (the truth; only that one must match).
     cat >"$WORK/visible.py" <<'EOF'
 import os, torch
-from rankrun.topology import count_gpus
+from rankrun.plan.topology import count_gpus
 spec = os.environ["CUDA_VISIBLE_DEVICES"]
 try:
     ours = count_gpus(os.environ)

@@ -20,7 +20,7 @@ from pathlib import Path
 from compare import WORKLOADS, launchers
 
 PY = sys.executable
-RANKRUN_IMPORTS = "import subprocess, rankrun.cli, rankrun.flags, rankrun.launcher"
+RANKRUN_IMPORTS = "import subprocess, rankrun.cli.main, rankrun.cli.flags, rankrun.job.launcher"
 
 
 def commands() -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""One agent's use of rankrun.control, as a process of its own, for tests/test_control.py.
+"""One agent's use of rankrun.job.control, as a process of its own, for tests/test_control.py.
 
     python control_agent.py '<json settings>'
 
@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from rankrun import control
+from rankrun.job import control
 
 
 def say(**fields: Any) -> None:

@@ -12,10 +12,11 @@ import pytest
 from conftest import Runs
 
 import rankrun
-from rankrun import cli, launcher
-from rankrun.guardian import Guardian
-from rankrun.host import Host
-from rankrun.printer import Printer
+from rankrun.cli import main as cli
+from rankrun.job import launcher
+from rankrun.output.printer import Printer
+from rankrun.run.guardian import Guardian
+from rankrun.run.host import Host
 
 
 def test_launch_returns_each_ranks_outcome(runs: Runs) -> None:

@@ -7,9 +7,9 @@ import os
 import pytest
 from conftest import Runs
 
-from rankrun.outcome import Ending, RankResult
-from rankrun.report import cuda_error_line, root_cause_line
-from rankrun.topology import cpu_topology
+from rankrun.output.outcome import Ending, RankResult
+from rankrun.output.report import cuda_error_line, root_cause_line
+from rankrun.plan.topology import cpu_topology
 
 AFFINITY = """
 python3 -c 'import os; print(sorted(os.sched_getaffinity(0)))' > "cpus.$RANK"

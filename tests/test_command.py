@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import Runs
 
-from rankrun.command import resolve_command
-from rankrun.errors import UsageError
+from rankrun.base.errors import UsageError
+from rankrun.plan.command import resolve_command
 
 
 def test_executable_runs_directly_with_its_arguments(runs: Runs) -> None:

@@ -1,4 +1,4 @@
-"""rankrun.control against real TCPStores: agents as processes, or as threads where the point
+"""rankrun.job.control against real TCPStores: agents as processes, or as threads where the point
 is the store protocol; and two hosts in network namespaces for a pulled cable."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 from conftest import Runs
 from netns import Hosts, make_hosts_fixture  # noqa: F401
 
-from rankrun import control
-from rankrun.ports import free_port
+from rankrun.job import control
+from rankrun.plan.ports import free_port
 
 pytest.importorskip("torch.distributed")
 

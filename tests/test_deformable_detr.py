@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Runs
 
-from rankrun.ports import free_port
+from rankrun.plan.ports import free_port
 
 pytest.importorskip("torch")
 

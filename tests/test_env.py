@@ -7,7 +7,7 @@ import os
 
 from conftest import Runs
 
-from rankrun.ports import free_port
+from rankrun.plan.ports import free_port
 
 DUMP_ENV = 'python3 -c "import json, os; print(json.dumps(dict(os.environ)))" > "env.$RANK"\n'
 

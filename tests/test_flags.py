@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rankrun.errors import UsageError
-from rankrun.flag_parser import read
-from rankrun.flags import GROUPS, Flag, _read_plain, parse, spellings
+from rankrun.base.errors import UsageError
+from rankrun.cli.command_line import _read_plain, parse
+from rankrun.cli.flag_parser import read
+from rankrun.cli.flags import GROUPS, Flag, spellings
 
 ALL_FLAGS = [flag for _, flags in GROUPS for flag in flags]
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from rankrun.gang import Gang, run_attempts
-from rankrun.options import Options
-from rankrun.outcome import Ending, RankResult
-from rankrun.plan import RankSpec, build_plan
-from rankrun.rank import SpawnError
-from rankrun.watch import Event, Exited, Signalled
+from rankrun.output.outcome import Ending, RankResult
+from rankrun.plan.options import Options
+from rankrun.plan.plan import RankSpec, build_plan
+from rankrun.run.gang import Gang, run_attempts
+from rankrun.run.rank import SpawnError
+from rankrun.run.watch import Event, Exited, Signalled
 
 TERM, KILL, INT = signal.SIGTERM, signal.SIGKILL, signal.SIGINT
 

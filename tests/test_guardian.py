@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import Runs, wait_dead
 
-from rankrun import guardian
+from rankrun.run import guardian
 
 
 def test_one_pass_over_proc_per_tick_whatever_the_number_of_groups(
@@ -46,7 +46,7 @@ def test_one_pass_over_proc_per_tick_whatever_the_number_of_groups(
 # environment; then the launcher's own SIGKILL.
 DYING_LAUNCHER = """
 import os, signal, subprocess, sys
-from rankrun.guardian import TOKEN_VAR, Guardian
+from rankrun.run.guardian import TOKEN_VAR, Guardian
 
 guard = Guardian(grace=1.0, token="t0k")
 guard.adopted()
@@ -68,7 +68,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 # run's token yet (its environment is still the launcher's), and no group is named.
 DYING_MID_SPAWN = """
 import os, signal, sys, time
-from rankrun.guardian import TOKEN_VAR, Guardian
+from rankrun.run.guardian import TOKEN_VAR, Guardian
 
 guard = Guardian(grace=2.0, token="t0k")
 guard.adopted()

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from rankrun.hostlist import expand_hostlist, first_host
-from rankrun.slurm import SlurmStep, master_port, several_tasks_per_node, slurm_step, srun_command
+from rankrun.cli.hostlist import expand_hostlist, first_host
+from rankrun.cli.slurm import (
+    SlurmStep,
+    master_port,
+    several_tasks_per_node,
+    slurm_step,
+    srun_command,
+)
 
 # Expressions both this module and Slurm's scontrol expand, and what they expand to.
 TABLE = [

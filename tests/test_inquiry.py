@@ -1,7 +1,7 @@
 """``rankrun stacks`` and ``rankrun status`` against real launchers: running, restarted,
 finished, killed with SIGKILL, and asked for a run that does not exist.
 
-The launcher registers through ``rankrun.live.LiveRun``, which ``Host`` feeds; each test
+The launcher registers through ``rankrun.inspect.live.LiveRun``, which ``Host`` feeds; each test
 has a registry of its own (``RANKRUN_RUNTIME_DIR``), so that no other run is seen.
 """
 
@@ -21,11 +21,11 @@ import pytest
 from conftest import Runs, wait_gone
 
 import rankrun
-from rankrun import registry, rundir
-from rankrun.live import REGISTER_AFTER_S, LiveRun
-from rankrun.options import Options
-from rankrun.plan import build_plan
-from rankrun.stacks import find_py_spy
+from rankrun.inspect import registry, rundir
+from rankrun.inspect.live import REGISTER_AFTER_S, LiveRun
+from rankrun.inspect.stacks import find_py_spy
+from rankrun.plan.options import Options
+from rankrun.plan.plan import build_plan
 
 needs_py_spy = pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed")
 SRC = os.path.dirname(os.path.dirname(rankrun.__file__))
@@ -73,7 +73,7 @@ class Job:
             if runs and runs[0].attempt == attempt:
                 return runs[0]
             assert time.monotonic() < deadline, (
-                "the launcher did not register: is rankrun.live.LiveRun wired into host.py?"
+                "the launcher did not register: is rankrun.inspect.live.LiveRun wired into host.py?"
             )
             time.sleep(0.05)
 

@@ -12,7 +12,7 @@ from conftest import Runs, wait_gone
 from netns import make_hosts_fixture  # noqa: F401
 from test_gang import _wait_state, start_as_a_shell_job
 
-from rankrun.ports import free_port
+from rankrun.plan.ports import free_port
 
 pytest.importorskip("torch")
 

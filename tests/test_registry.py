@@ -17,8 +17,8 @@ import pytest
 from conftest import Runs
 from procs import Procs, ended
 
-from rankrun import registry, rundir
-from rankrun.registry import (
+from rankrun.inspect import registry, rundir
+from rankrun.inspect.registry import (
     RankEntry,
     Registration,
     RunEntry,
@@ -33,12 +33,12 @@ from rankrun.registry import (
     unregister,
     update,
 )
-from rankrun.rundir import RegistryError, runtime_dir
+from rankrun.inspect.rundir import RegistryError, runtime_dir
 
 # A launcher stand-in: registers itself with two "ranks" (its own children), then waits.
 LAUNCHER = """
     import subprocess, sys, time
-    from rankrun.registry import RankEntry, Registration, new_entry
+    from rankrun.inspect.registry import RankEntry, Registration, new_entry
 
     ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
              for _ in range(2)]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rankrun.relay import MAX_LINE, TAIL_BYTES, Relay, Tail
+from rankrun.output.relay import MAX_LINE, TAIL_BYTES, Relay, Tail
 
 
 class FakePrinter:

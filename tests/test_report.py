@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from rankrun.outcome import Attempt, Ending, Outcome, RankResult
-from rankrun.report import error_lines, format_report, others_line
+from rankrun.output.outcome import Attempt, Ending, Outcome, RankResult
+from rankrun.output.report import error_lines, format_report, others_line
 
 
 def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,

@@ -78,10 +78,10 @@ def test_ctrl_c_before_anything_is_spawned_is_one_line_and_130(runs: Runs) -> No
     os.mkfifo(fifo)
     runs.script("rank.sh", "touch started.$RANK\n")
     code = (
-        "import sys, rankrun.launcher as L\n"
+        "import sys, rankrun.job.launcher as L\n"
         "plan = L.build_plan\n"
         f"L.build_plan = lambda *a: (open({str(fifo)!r}).read(), plan(*a))[1]\n"
-        "from rankrun.cli import main\n"
+        "from rankrun.cli.main import main\n"
         "sys.exit(main(['--master-port', '0', './rank.sh']))\n"
     )
     launcher = subprocess.Popen(

@@ -22,7 +22,7 @@ from conftest import Runs, wait_gone
 from test_deformable_detr import write_config_and_main
 from test_hostlist import cluster_up
 
-from rankrun.slurm import master_port
+from rankrun.cli.slurm import master_port
 
 pytest.importorskip("torch")
 

@@ -17,8 +17,8 @@ from conftest import Runs
 from procs import Procs, ended
 
 import rankrun
-from rankrun.ptrace import explain, ptrace_refused
-from rankrun.stacks import (
+from rankrun.inspect.ptrace import explain, ptrace_refused
+from rankrun.inspect.stacks import (
     INSTALL_HINT,
     StackDump,
     StacksError,
@@ -225,8 +225,8 @@ def test_missing_py_spy_is_one_line_that_names_the_fix(runs: Runs) -> None:
         pytest.skip(f"py-spy is installed beside {python}")
     code = """
         import sys
-        from rankrun.errors import UsageError
-        from rankrun.stacks import dump
+        from rankrun.base.errors import UsageError
+        from rankrun.inspect.stacks import dump
         try:
             dump([("rank0", 1)], 5, env={"PATH": ""})
         except UsageError as e:
@@ -259,7 +259,7 @@ def test_an_unrunnable_py_spy_is_one_line(procs: StackProcs, tmp_path: Path) -> 
 # The dump, run by another user or without CAP_SYS_PTRACE: prints each error.
 DUMP_AS = """
     import sys
-    from rankrun.stacks import dump
+    from rankrun.inspect.stacks import dump
     for d in dump([("rank0", int(sys.argv[1]))], 20, py_spy=sys.argv[2]):
         print(d.error)
 """
@@ -268,7 +268,7 @@ DUMP_AS = """
 def _dump_under(prefix: list[str], pid: int, runs: Runs) -> str:
     assert PY_SPY is not None
     env = {**runs.env, "PYTHONPATH": SRC}
-    probe = [*prefix, sys.executable, "-c", "import rankrun.stacks"]
+    probe = [*prefix, sys.executable, "-c", "import rankrun.inspect.stacks"]
     if subprocess.run(probe, env=env, capture_output=True, timeout=60).returncode != 0:
         pytest.skip(f"this Python or {SRC} cannot be used under {prefix[0]}")
     argv = [*prefix, sys.executable, "-c", textwrap.dedent(DUMP_AS), str(pid), PY_SPY]

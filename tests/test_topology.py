@@ -1,4 +1,4 @@
-"""rankrun.topology against fake /proc and /sys trees, and once against this machine's own."""
+"""rankrun.plan.topology against fake /proc and /sys trees, and once against this machine's own."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rankrun import topology
-from rankrun.topology import (
+from rankrun.plan import topology
+from rankrun.plan.topology import (
     Gpu,
     Topology,
     bind_cpus,
@@ -376,18 +376,18 @@ def test_module_imports_only_os_at_run_time() -> None:
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
-    assert imported == {"__future__", "os", "rankrun.values"}
+    assert imported == {"__future__", "os", "rankrun.base.values"}
 
 
 def test_import_adds_nothing_to_the_launch_path_and_reads_no_file() -> None:
     code = (
-        "import sys, rankrun.cli\n"
+        "import sys, rankrun.cli.main, rankrun.plan.options\n"
         "opened = []\n"
         "sys.addaudithook(lambda e, a: e == 'open' and opened.append(str(a[0])))\n"
         "before = set(sys.modules)\n"
-        "import rankrun.topology\n"
+        "import rankrun.plan.topology\n"
         "print(sorted(set(sys.modules) - before))\n"
         "print([p for p in opened if '/sys/' in p or '/proc/' in p or '/dev/' in p])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == ["['rankrun.topology']", "[]"]
+    assert out.stdout.splitlines() == ["['rankrun.plan.topology']", "[]"]

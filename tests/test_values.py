@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from rankrun.values import NamedTuple
+from rankrun.base.values import NamedTuple
 
 
 class Point(NamedTuple):
@@ -46,6 +46,6 @@ def test_wrong_arguments_raise_type_error(args: tuple[int, ...], kwargs: dict[st
 def test_the_launch_path_does_not_import_typing() -> None:
     import subprocess
 
-    code = "import sys, rankrun.cli; print('typing' in sys.modules)"
+    code = "import sys, rankrun.cli.main; print('typing' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

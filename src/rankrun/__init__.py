@@ -7,8 +7,8 @@ it imports anything else.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
 __all__ = [
+    "__version__",
     "Attempt",
     "Ending",
     "Options",
@@ -21,28 +21,30 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Attempt": "outcome",
-    "Ending": "outcome",
-    "Outcome": "outcome",
-    "RankResult": "outcome",
-    "Options": "options",
-    "Plan": "plan",
-    "RankSpec": "plan",
-    "UsageError": "errors",
-    "launch": "launcher",
+    "Attempt": "output.outcome",
+    "Ending": "output.outcome",
+    "Outcome": "output.outcome",
+    "RankResult": "output.outcome",
+    "Options": "plan.options",
+    "Plan": "plan.plan",
+    "RankSpec": "plan.plan",
+    "UsageError": "base.errors",
+    "launch": "job.launcher",
+    "__version__": "base.version",
 }
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from rankrun.errors import UsageError as UsageError
-    from rankrun.launcher import launch as launch
-    from rankrun.options import Options as Options
-    from rankrun.outcome import Attempt as Attempt
-    from rankrun.outcome import Ending as Ending
-    from rankrun.outcome import Outcome as Outcome
-    from rankrun.outcome import RankResult as RankResult
-    from rankrun.plan import Plan as Plan
-    from rankrun.plan import RankSpec as RankSpec
+    from rankrun.base.errors import UsageError as UsageError
+    from rankrun.base.version import VERSION as __version__
+    from rankrun.job.launcher import launch as launch
+    from rankrun.output.outcome import Attempt as Attempt
+    from rankrun.output.outcome import Ending as Ending
+    from rankrun.output.outcome import Outcome as Outcome
+    from rankrun.output.outcome import RankResult as RankResult
+    from rankrun.plan.options import Options as Options
+    from rankrun.plan.plan import Plan as Plan
+    from rankrun.plan.plan import RankSpec as RankSpec
 
 
 def __getattr__(name: str) -> object:
@@ -50,4 +52,4 @@ def __getattr__(name: str) -> object:
     if home is None:
         raise AttributeError(f"module 'rankrun' has no attribute {name!r}")
     module = __import__(f"rankrun.{home}", fromlist=[name])
-    return getattr(module, name)
+    return getattr(module, "VERSION" if name == "__version__" else name)

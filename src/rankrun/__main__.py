@@ -1,5 +1,5 @@
 import sys
 
-from rankrun.cli import main
+from rankrun.cli.main import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from rankrun.cli import main
+from rankrun.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["--local-rank-arg", *sys.argv[1:]]))

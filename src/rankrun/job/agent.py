@@ -1,0 +1,220 @@
+"""The node agent: rankrun on one node of a multi-node job.
+
+It sits above the gang, which stays the single-node supervisor it is: the agent joins the
+other nodes through node 0's TCPStore before anything starts, gives each attempt a fresh
+workers' store, lets its link end the gang when the job ends elsewhere, restarts with the
+whole job, and leaves node 0 one report for every node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from rankrun.base.errors import UsageError
+from rankrun.job import control
+from rankrun.job.link import End, Link
+from rankrun.output.outcome import Attempt, Outcome, Stop
+from rankrun.output.printer import Printer
+from rankrun.plan.layout import Layout
+from rankrun.plan.plan import Plan
+from rankrun.run.gang import Gang
+from rankrun.run.host import Host
+from rankrun.run.watch import TERMINATING, Signalled
+
+_RESULT_WAIT = 0.1
+T = TypeVar("T")
+
+
+class Agent:
+    def __init__(self, plan: Plan, store: control.JobStore, nodes: list[control.NodeInfo],
+                 server: object | None) -> None:  # fmt: skip
+        self.plan, self.store, self.nodes = plan, store, nodes
+        self._server = server  # node 0's store: it serves as long as this object lives
+        self._workers: Any = None
+        self.link = Link(store, nodes, plan.node_rank, plan.rendezvous.node_timeout)
+
+    @classmethod
+    def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
+             printer: Printer) -> Agent:  # fmt: skip
+        """Meet the other nodes and agree on the job, or raise UsageError. Spawns nothing."""
+        try:
+            return cls._join(plan, script, args, run_id_given, printer)
+        except control.ControlError as e:
+            raise UsageError(str(e)) from None
+
+    @classmethod
+    def _join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
+              printer: Printer) -> Agent:  # fmt: skip
+        from rankrun.base.version import VERSION
+
+        meeting = plan.rendezvous
+        addr, port = meeting.master_addr, meeting.master_port
+        name = os.uname().nodename
+        server = None
+        if plan.node_rank == 0:
+            server = control.host(addr, port)
+            client = server
+            job = control.JobInfo(plan.run_id, name, port, _now(), plan.nnodes, "")
+            control.announce(client, job)
+        else:
+            client = control.connect(addr, port, timeout=meeting.join_timeout,
+                                     on_wait=printer.event)  # fmt: skip
+            job = control.read_job(client)
+        if not run_id_given and plan.node_rank != 0:
+            plan = _with_run_id(plan, job.run_id)
+        me = control.NodeInfo(plan.node_rank, name, os.getpid(), plan.nnodes,
+                              plan.nproc_per_node, plan.run_id, VERSION,
+                              control.command_hash(script, args))  # fmt: skip
+        store = control.JobStore(client, plan.run_id)
+
+        def waiting(missing: list[int]) -> None:
+            printer.event(f"waiting for node {', '.join(map(str, missing))} to join")
+
+        nodes = control.join(store, me, meeting.join_timeout, waiting)
+        printer.event(f"joined {plan.nnodes} nodes as node {plan.node_rank} of job {plan.run_id}")
+        return cls(plan, store, nodes, server)
+
+    def run(self, host: Host, printer: Printer) -> Outcome:
+        """Every attempt of the job, restarted on every node together."""
+        host.add_source(self.link.fd, self.link.take)
+        attempts: list[Attempt] = []
+        try:
+            for number in range(self.plan.max_restarts + 1):
+                if number:
+                    printer.event(f"restart {number} of {self.plan.max_restarts}")
+                attempt = self._attempt(number, host, printer)
+                attempts.append(attempt)
+                if not self._restarts(attempt, number):
+                    break
+                control.barrier(self.store, f"attempt_{number + 1}", self.plan.node_rank,
+                                self.plan.nnodes, self.plan.rendezvous.join_timeout)  # fmt: skip
+        finally:
+            host.remove_source(self.link.fd)
+        return Outcome(tuple(attempts))
+
+    def _attempt(self, number: int, host: Host, printer: Printer) -> Attempt:
+        self.link.attempt = number
+        plan = self._plan_for(number)
+        attempt = Gang(plan, number, host, printer, self.link).supervise()
+        result = self._result(attempt)
+        if attempt.interrupted_by:
+            self._try(lambda: control.publish_interrupt(self.store, number))
+        self._try(lambda: control.publish_result(self.store, number, result))
+        end = self._await_job(number, host)
+        if end is not None and end.get("node") != self.plan.node_rank:
+            stop = Stop(str(end["reason"]), int(str(end["code"])))
+            attempt = attempt._replace(cause=None, stopped=stop)
+        return attempt
+
+    def _plan_for(self, number: int) -> Plan:
+        """The attempt's plan: the ranks meet at a workers' store that is new each attempt."""
+        key = self.store.key("attempt", number, "workers")
+        if self.plan.node_rank == 0:
+            meeting = self.plan.rendezvous
+            self._workers = control.host(meeting.master_addr, 0)
+            self.store.client.set(key, str(self._workers.port))
+        raw = control.bounded(lambda: self.store.clone().client.get(key),
+                              self.plan.rendezvous.join_timeout, "the workers' store")  # fmt: skip
+        env = {**self.plan.base_env, "TORCHELASTIC_USE_AGENT_STORE": "True"}
+        meeting = self.plan.rendezvous._replace(master_port=int(raw))
+        return self.plan._replace(rendezvous=meeting, base_env=env)
+
+    def _result(self, attempt: Attempt) -> control.NodeResult:
+        from rankrun.output.summary import rank_row
+
+        rows = tuple(rank_row(r) for r in attempt.ranks)
+        name = self.nodes[self.plan.node_rank].host
+        return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, rows)
+
+    def _await_job(self, number: int, host: Host) -> dict[str, object] | None:
+        """Wait for every node to end the attempt; return how the job's attempt ended.
+
+        A node whose ranks all finished waits here for the others, so that a failure on
+        another node still decides its exit code, and a restart still includes it.
+        """
+        link = self.link
+        while True:
+            end = link.ends.get(number)
+            lost = end is not None and end["kind"] == End.LOST
+            if link.results.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
+                self._say_seen(number)
+                return end
+            for e in host.wait(_RESULT_WAIT):
+                if not isinstance(e, Signalled):
+                    continue
+                if e.signum in TERMINATING:
+                    link.interrupted(e.signum)
+                elif e.signum == signal.SIGTSTP:
+                    host.pause()  # no rank is left here to pause
+
+    def _say_seen(self, number: int) -> None:
+        """Node 0 serves the store until every node has seen the attempt's end."""
+        key = self.store.key("attempt", number, "seen")
+        self._try(lambda: self.store.client.add(key, 1))
+
+    def _try(self, call: Callable[[], T]) -> T | None:
+        """A store call at the end of an attempt: skipped once cut off, and bounded."""
+        if self.link.cut_off:
+            return None
+        try:
+            return control.bounded(call, self.plan.rendezvous.node_timeout, "the job's store")
+        except (control.ControlError, RuntimeError):
+            return None  # cut off now: the other nodes declare this one lost
+
+    def conclude(self, outcome: Outcome, printer: Printer, summary: str | None) -> None:
+        """Node 0: one report for the whole job. Other nodes: one line on how it ended."""
+        from rankrun.job.job_report import job_report, other_node_line
+
+        number = len(outcome.attempts) - 1
+        end = self.link.ends.get(number) or {}
+        if self.plan.node_rank != 0:
+            if end:
+                printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
+            return
+        results = self._gather(number, end)
+        root = control.first_failure(self.store, number) if end.get("kind") == End.FAILURE else None
+        lines = job_report(outcome, end, root, results, self.nodes)
+        for line in lines:
+            printer.event(line)
+        if summary is not None:
+            from rankrun.job.job_report import write_job_summary
+
+            write_job_summary(summary, self.plan.run_id, outcome, root, results)
+
+    def _gather(self, number: int, end: dict[str, object]) -> dict[int, control.NodeResult]:
+        meeting = self.plan.rendezvous
+        lost = end.get("lost") or []
+        assert isinstance(lost, list)
+        wait = self.plan.shutdown_timeout + meeting.node_timeout + 5
+        results = control.gather_results(self.store, number, self.plan.nnodes, wait, lost)
+        seen = self.store.key("attempt", number, "seen")
+        deadline = time.monotonic() + 5.0
+        while self.store.client.add(seen, 0) < len(results) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return results
+
+    def _restarts(self, attempt: Attempt, number: int) -> bool:
+        end = self.link.ends.get(number) or {}
+        if end.get("kind") != End.FAILURE or number >= self.plan.max_restarts:
+            return False
+        # A signal during the failure's teardown ends the job, as on one node. Every node
+        # has every result by now, and a node publishes its interrupt before its result.
+        return self._try(lambda: control.interrupted(self.store, number)) is False
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def _with_run_id(plan: Plan, run_id: str) -> Plan:
+    layout = plan.layout
+    if layout is not None and plan.output.log_dir is not None:
+        layout = Layout(os.path.join(plan.output.log_dir, run_id))
+    return plan._replace(run_id=run_id, layout=layout)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")

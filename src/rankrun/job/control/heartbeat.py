@@ -1,0 +1,71 @@
+"""Heartbeats: a node whose counter stands still is lost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rankrun.job.control.calls import first_line
+from rankrun.job.control.store import JobStore
+
+
+class Heartbeat:
+    """Each agent bumps ``hb/<node>``; a node whose counter stands still for ``timeout`` is lost.
+
+    Owned by one thread, which calls ``tick()`` every ``interval`` seconds. Changes are timed
+    with this agent's monotonic clock; no host clocks are compared. ``cut_off()`` reads only
+    the clock, so any thread may ask it, even while the owner is stuck in a store call.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        node_rank: int,
+        nnodes: int,
+        *,
+        interval: float = 1.0,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.node_rank = node_rank
+        self.interval = interval
+        self.timeout = timeout
+        self.clock = clock
+        self.error: str | None = None  # the last store error, while ticks fail
+        self._mine = store.key("hb", node_rank)
+        self._others = [r for r in range(nnodes) if r != node_rank]
+        self._keys = [store.key("hb", r) for r in self._others]
+        now = clock()
+        self._last_ok = now
+        self._seen: dict[int, tuple[bytes, float]] = {r: (b"", now) for r in self._others}
+
+    def tick(self) -> list[int]:
+        """Beat, look at the others, and return the nodes lost. Store errors are kept, not raised.
+
+        May block for as long as the store does not answer (see ``cut_off``).
+        """
+        try:
+            self.store.client.add(self._mine, 1)
+            values = self.store.client.multi_get(self._keys) if self._keys else []
+        except RuntimeError as e:
+            self.error = first_line(e)
+            return []
+        now = self.clock()
+        self._last_ok, self.error = now, None
+        for r, value in zip(self._others, values, strict=True):
+            if value != self._seen[r][0]:
+                self._seen[r] = (value, now)
+        return self.lost()
+
+    def lost(self) -> list[int]:
+        """Nodes whose counter has not changed for ``timeout``, as of the last good tick."""
+        return [r for r, (_, t) in self._seen.items() if self._last_ok - t > self.timeout]
+
+    def cut_off(self) -> bool:
+        """Whether this agent's own store operations have not succeeded for ``timeout``."""
+        return self.clock() - self._last_ok > self.timeout
+
+    def quiet_for(self) -> float:
+        """Seconds since this agent's last successful tick."""
+        return self.clock() - self._last_ok

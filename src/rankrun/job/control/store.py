@@ -1,0 +1,193 @@
+"""Node 0's store and the clients of the others: hosting, connecting, whose job it holds."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+from rankrun.job.control.calls import (
+    Call,
+    ControlError,
+    Unresponsive,
+    bounded,
+    dump,
+    first_line,
+    load,
+    wait_get,
+)
+
+JOIN_TIMEOUT = 600.0
+WAIT_NOTE_EVERY = 10.0  # seconds between "waiting for ..." notes
+JOB_KEY_WAIT = 30.0  # a store without rankrun/job this long after connecting is not rankrun's
+
+
+class Stranger(ControlError):
+    """This agent is not part of the job that holds the port. It wrote nothing there."""
+
+
+class JobInfo(NamedTuple):
+    """What node 0 announces at ``rankrun/job``: enough for a stranger to know it is one."""
+
+    run_id: str
+    host: str
+    port: int
+    started: str  # node 0's local time, for people to read; never compared
+    nnodes: int
+    config_hash: str
+
+
+class JobStore(NamedTuple):
+    """A TCPStore client and the run whose keys (under ``rankrun/<run id>/``) it uses."""
+
+    client: Any
+    run_id: str
+
+    def key(self, *parts: object) -> str:
+        return "/".join(("rankrun", self.run_id, *(str(p) for p in parts)))
+
+    def clone(self) -> JobStore:
+        """The same store over a connection of its own, for a thread that waits on keys."""
+        return JobStore(self.client.clone(), self.run_id)
+
+
+def torch_distributed() -> Any:
+    """``torch.distributed``, imported quietly: no NumPy warning, and no C++ log lines.
+
+    torch's C++ side logs every failed connection try, with a stack trace, to stderr; it reads
+    TORCH_CPP_LOG_LEVEL once, when torch is imported. The variable is set for the import only
+    (unless the user set it), so the ranks' environments never see it.
+    """
+    if "torch.distributed" in sys.modules:
+        return sys.modules["torch.distributed"]
+    ours = "TORCH_CPP_LOG_LEVEL" not in os.environ and "torch" not in sys.modules
+    if ours:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module("torch.distributed")
+    finally:
+        if ours:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]
+
+
+def host(addr: str, port: int, *, timeout: float = 30.0) -> Any:
+    """Node 0: serve the store on every interface at ``port`` (0: a free one, see ``.port``).
+
+    torch's server connects to itself at ``addr``, so ``addr`` must reach this host.
+    """
+    dist = torch_distributed()
+
+    def serve() -> Any:
+        delta = timedelta(seconds=timeout)
+        return dist.TCPStore(addr, port, None, True, delta, wait_for_workers=False)
+
+    try:
+        return bounded(serve, timeout + 5, f"hosting the store at {addr}:{port}")
+    except RuntimeError as e:
+        if "EADDRINUSE" in str(e):
+            raise ControlError(
+                f"--master-port {port} is in use on this host, perhaps by a stale run: "
+                "end it, or choose another --master-port for every node"
+            ) from None
+        raise ControlError(
+            f"could not host the job's store at {addr}:{port}: {first_line(e)}; node 0 "
+            "connects to its own store at --master-addr: is it this host's address?"
+        ) from None
+
+
+def connect(
+    addr: str,
+    port: int,
+    *,
+    timeout: float = JOIN_TIMEOUT,
+    on_wait: Callable[[str], None] = lambda note: None,
+    op_timeout: float = 30.0,
+    every: float = WAIT_NOTE_EVERY,
+) -> Any:
+    """Nodes 1..: a client of node 0's store, waiting up to ``timeout`` for it to come up.
+
+    Calls ``on_wait("waiting for node 0 at host:port (why)")`` about every ``every`` seconds.
+    Each try is torch's constructor, which retries a refused connection for up to ``every``
+    seconds, in a helper thread: against a listener that accepts but never answers (a stopped
+    node 0) it blocks, and stays pending, so it completes if node 0 wakes up. There is no
+    plain-socket probe: the server can stall for a reverse DNS lookup after a connection that
+    closes without a word. ``op_timeout`` becomes the client's timeout for waiting on a key.
+    """
+    dist = torch_distributed()
+    deadline = time.monotonic() + timeout
+    next_note = time.monotonic() + every
+    pending: Call[Any] | None = None
+    started = 0.0
+    why = "nothing answers there yet"
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            raise Unresponsive(
+                f"node 0's store at {addr}:{port} did not answer within {timeout:g} s ({why}): "
+                "is node 0 started, and are --master-addr and --master-port the same on every node?"
+            )
+        if pending is None:
+            pending, started = Call(_client(dist, addr, port, min(every, deadline - now))), now
+        if pending.wait(min(1.0, max(0.0, deadline - now))):
+            try:
+                client = pending.result()
+                client.set_timeout(timedelta(seconds=op_timeout))
+                return client
+            except RuntimeError as e:
+                pending, why = None, _why(e)
+        elif now - started > 3 * every + 5:
+            # torch's own retries of a refused connection outlast their timeout, 1.3 to 1.9
+            # times unloaded: only a try far past that has met a listener that never answers.
+            why = "it accepts connections but has not answered: a stopped process?"
+        if time.monotonic() >= next_note:
+            on_wait(f"waiting for node 0 at {addr}:{port} ({why})")
+            next_note += every
+
+
+def _client(dist: Any, addr: str, port: int, seconds: float) -> Callable[[], Any]:
+    return lambda: dist.TCPStore(addr, port, None, False, timedelta(seconds=seconds))
+
+
+def _why(error: RuntimeError) -> str:
+    text = first_line(error)
+    return "nothing answers there yet" if "trying to connect" in text else text
+
+
+def announce(client: Any, job: JobInfo) -> None:
+    """Node 0, right after ``host``: say whose store this is.
+
+    The server's own client connects at --master-addr; where that is another host running a
+    rankrun job, the key is already there, and it is left as it is.
+    """
+    mine = dump(job)
+    held = client.compare_set("rankrun/job", "", mine)
+    if held != mine.encode():
+        other = JobInfo(**load(held))
+        raise Stranger(
+            held_by(other, f"this is job {job.run_id}, and --master-addr must be node 0's")
+        )
+
+
+def read_job(client: Any, timeout: float = JOB_KEY_WAIT) -> JobInfo:
+    """The job that holds the store; an agent without --rdzv-id adopts its run id."""
+    raw = wait_get(client, "rankrun/job", timeout)
+    if raw is None:
+        raise Stranger(
+            "the store at --master-addr:--master-port holds no rankrun job: another program's "
+            "TCPStore? choose another --master-port for every node"
+        )
+    return JobInfo(**load(raw))
+
+
+def held_by(job: JobInfo, this: str) -> str:
+    return (
+        f"port {job.port} on {job.host} is held by rankrun job {job.run_id} "
+        f"(started {job.started}); {this}: use another --master-port"
+    )

@@ -1,0 +1,83 @@
+"""The report of a multi-node job: node 0 prints it for every node, from the store's facts.
+
+The root cause is the failure the store recorded first, never the earliest by a host's
+clock, which may disagree with the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rankrun.job.control import FailureFact, NodeInfo, NodeResult
+from rankrun.output.outcome import Ending, Outcome
+
+_STATES = ("failed", "terminated", "exited")
+
+
+def job_report(
+    outcome: Outcome,
+    end: Mapping[str, object],
+    root: FailureFact | None,
+    results: Mapping[int, NodeResult],
+    nodes: Sequence[NodeInfo],
+) -> list[str]:
+    """The closing lines on node 0; none when every rank of every node exited 0."""
+    lines: list[str] = []
+    if root is not None:
+        lines.append(root_cause_line(root))
+        lines.extend(f"  {line}" for line in root.error_text.splitlines())
+    elif end:
+        lines.append(f"stopped: {end['reason']}")
+    if lines or any(r.exit_code for r in results.values()):
+        lines.extend(node_line(n, results.get(n.node_rank)) for n in nodes)
+        lines.append(f"exit code {outcome.exit_code}")
+    return lines
+
+
+def root_cause_line(root: FailureFact) -> str:
+    ending = Ending(root.exit_code, root.signal, 0.0)
+    return (
+        f"root cause: rank {root.rank} (local rank {root.local_rank}, node {root.node_rank}, "
+        f"host {root.host}, pid {root.pid}) {ending.words()} after {root.duration:.2f} s"
+    )
+
+
+def node_line(node: NodeInfo, result: NodeResult | None) -> str:
+    who = f"node {node.node_rank} ({node.host}, pid {node.pid})"
+    if result is None:
+        return f"{who}: no result: lost, or it did not finish in time"
+    groups: dict[str, list[int]] = {}
+    for row in result.ranks:
+        what = row["state"]
+        if what == "terminated" and row.get("signal"):
+            what = f"terminated ({row['signal']})"
+        groups.setdefault(what, []).append(row["rank"])
+    parts = [f"{what}: {', '.join(map(str, ranks))}" for what, ranks in groups.items()]
+    return f"{who}: " + "; ".join(parts)
+
+
+def other_node_line(end: Mapping[str, object], node0: NodeInfo, exit_code: int) -> str:
+    return (
+        f"the job ended: {end['reason']}; node 0 ({node0.host}) has the report; "
+        f"exit code {exit_code}"
+    )
+
+
+def write_job_summary(
+    path: str,
+    run_id: str,
+    outcome: Outcome,
+    root: FailureFact | None,
+    results: Mapping[int, NodeResult],
+) -> None:
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "exit_code": outcome.exit_code,
+        "root_cause": root._asdict() if root is not None else None,
+        "nodes": [r._asdict() for _, r in sorted(results.items())],
+    }
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")

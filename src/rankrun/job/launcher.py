@@ -1,0 +1,160 @@
+"""``launch()``: plan the run, supervise its attempts, report how it ended."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from rankrun.base.errors import UsageError
+from rankrun.output.outcome import Outcome, signal_name
+from rankrun.output.printer import Printer
+from rankrun.plan.options import Options
+from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cores
+from rankrun.run.gang import run_attempts
+from rankrun.run.host import Host
+from rankrun.run.watch import Interrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.job.agent import Agent
+
+
+def launch(
+    script: str,
+    args: Sequence[str] = (),
+    options: Options | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Run ``script`` with ``args`` as a gang of ranks and return each rank's outcome.
+
+    ``env`` replaces ``os.environ`` as the ranks' base environment. Raises UsageError for
+    bad input, before anything is spawned. Call it from the main thread: it handles SIGINT,
+    SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGCONT and SIGCHLD while it runs, and
+    restores the previous handlers when it returns.
+    """
+    options = options or Options()
+    if options.dry_run:
+        raise UsageError("dry_run is the command's: build_plan() shows what a run would do")
+    plan = build_plan(script, args, options, env)
+    printer = Printer(timestamps=options.timestamps)
+    agent = None
+    if plan.nnodes > 1:
+        from rankrun.run.job_control import start_threads
+
+        agent = start_threads(lambda: _join(plan, script, args, options, printer))
+        plan = agent.plan  # its run id may be node 0's, and with it the log directory
+    if plan.layout is None:
+        plan = plan._replace(error_dir=_make_error_dir(plan))
+    else:
+        _make_log_root(plan.layout.root, options)
+        printer.events_to(plan.layout.events)
+    outcome = None
+    try:
+        _announce(plan, printer)
+        grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
+        with Host(printer, grace, nproc, plan.token) as host:
+            if agent is None:
+                outcome = run_attempts(plan, host, printer)
+            else:
+                outcome = agent.run(host, printer)
+            _end_escaped(host, printer)
+            host.raise_on_terminating()
+            if agent is None:
+                _conclude(outcome, plan, options, printer)
+            else:
+                agent.conclude(outcome, printer, options.summary_json)
+    except Interrupted as e:
+        if outcome is None:
+            raise
+        printer.event(
+            f"got {signal_name(e.signum)} after the ranks had ended: stopped the report; "
+            f"the exit code stays {outcome.exit_code}"
+        )
+    finally:
+        printer.close()
+        if agent is not None:
+            agent.close()
+        if plan.error_dir is not None:
+            _remove_error_dir(plan.error_dir)
+    return outcome
+
+
+def _join(
+    plan: Plan, script: str, args: Sequence[str], options: Options, printer: Printer
+) -> Agent:
+    """A multi-node run: meet the other nodes through torch's store, or say why not."""
+    from rankrun.job import control
+
+    try:
+        control.torch_distributed()
+    except ImportError:
+        raise UsageError(
+            f"--nnodes {plan.nnodes} needs torch, to coordinate the nodes: pip install torch"
+        ) from None
+    from rankrun.job.agent import Agent
+
+    return Agent.join(plan, script, args, options.run_id is not None, printer)
+
+
+def _make_log_root(root: str, options: Options) -> None:
+    """The run's log directory, made before any rank starts: where it can't be, one line."""
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        flag = "--log-dir" if options.log_dir is not None else "-r/-t (in $TMPDIR)"
+        raise UsageError(f"{flag}: cannot create {root}: {e.strerror}") from None
+
+
+def _make_error_dir(plan: Plan) -> str | None:
+    """Where ranks write error.json without a log directory, as torchrun always lets them."""
+    path = default_error_dir(plan)
+    try:
+        os.mkdir(path, 0o700)
+    except OSError:
+        return None  # no writable temporary directory: the ranks go without
+    return path
+
+
+def _remove_error_dir(path: str) -> None:
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _end_escaped(host: Host, printer: Printer) -> None:
+    ended = host.end_escaped()
+    if ended:
+        printer.event(
+            f"ended {len(ended)} process(es) that had left their rank's group: " + ", ".join(ended)
+        )
+
+
+def _announce(plan: Plan, printer: Printer) -> None:
+    if plan.layout is not None:
+        printer.event(f"logs in {plan.layout.root}")
+    if plan.omp_num_threads is not None:
+        printer.event(
+            f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cores()} "
+            f"usable cores / {plan.nproc_per_node} local ranks); set it to choose another"
+        )
+
+
+def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) -> None:
+    if outcome.ok and len(outcome.attempts) == 1 and options.summary_json is None:
+        return
+    from rankrun.output.report import format_report
+
+    host = os.uname().nodename
+    for line in format_report(outcome, host):
+        printer.event(line)
+    if options.summary_json is not None:
+        from rankrun.output.summary import write_summary
+
+        try:
+            write_summary(options.summary_json, outcome, host, plan.run_id)
+        except OSError as e:
+            printer.event(f"could not write --summary-json {options.summary_json}: {e.strerror}")

@@ -1,0 +1,98 @@
+"""The one writer to the console: ranks' labelled lines and the launcher's own messages.
+
+Colour is decided once per stream: only on a TTY, and never when NO_COLOR is set.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Mapping
+
+from rankrun.plan.streams import STDERR, STDOUT
+
+_COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
+_RESET = b"\x1b[0m"
+
+
+class Printer:
+    def __init__(
+        self,
+        *,
+        out_fd: int = 1,
+        err_fd: int = 2,
+        timestamps: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if env is None else env
+        self._fds = {STDOUT: out_fd, STDERR: err_fd}
+        self._gone: set[int] = set()
+        self.timestamps = timestamps
+        colour = "NO_COLOR" not in env
+        self._colour = {s: colour and os.isatty(fd) for s, fd in self._fds.items()}
+        self._events_path: str | None = None
+        self._events_fd: int | None = None
+
+    def label(self, label: str, rank: int, stream: int) -> bytes:
+        """The prefix of rank ``rank``'s lines on ``stream`` (1 stdout, 2 stderr)."""
+        text = label.encode()
+        if self._colour[stream]:
+            colour = b"\x1b[%dm" % _COLOURS[rank % len(_COLOURS)]
+            text = colour + text + _RESET
+        return text + b" "
+
+    def stamp(self) -> bytes:
+        if not self.timestamps:
+            return b""
+        now = time.time()
+        return time.strftime("%H:%M:%S", time.localtime(now)).encode() + b".%03d " % (
+            int(now * 1000) % 1000
+        )
+
+    def write(self, stream: int, data: bytes) -> None:
+        """Write to stdout (1) or stderr (2); a stream whose reader has gone is dropped.
+
+        A closed pipe (``rankrun ... | head``) or a hung-up terminal must not end the run.
+        """
+        if stream in self._gone:
+            return
+        try:
+            write_all(self._fds[stream], data)
+        except OSError:
+            self._gone.add(stream)
+
+    def event(self, message: str) -> None:
+        self.write(STDERR, self.stamp() + f"rankrun: {message}\n".encode())
+        if self._events_path is not None:
+            try:
+                self._log_event(self._events_path, message)
+            except OSError:
+                self._events_path = None  # a full disk must not end the run: the console has it
+
+    def _log_event(self, path: str, message: str) -> None:
+        if self._events_fd is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            self._events_fd = os.open(path, flags, 0o644)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_all(self._events_fd, f"{stamp} {message}\n".encode())
+
+    def events_to(self, path: str) -> None:
+        """From now on, also append rankrun's own messages to ``path``, timestamped."""
+        self._events_path = path
+
+    def close(self) -> None:
+        if self._events_fd is not None:
+            os.close(self._events_fd)
+            self._events_fd = None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte, waiting on a full non-blocking fd rather than failing."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])

@@ -1,0 +1,148 @@
+"""What the user reads last: the root cause of a failed run, with its error."""
+
+from __future__ import annotations
+
+import re
+
+from rankrun.output.outcome import Attempt, Outcome, RankResult, signal_name
+
+_TAIL_LINES = 20
+_MAX_TRACEBACK_LINES = 40
+_TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
+# A Python traceback, or faulthandler's stacks after a crash in native code.
+_ERROR_STARTS = ("Traceback (most recent", "Fatal Python error: ")
+
+
+def format_report(outcome: Outcome, host: str) -> list[str]:
+    """The lines that close a run; none when every rank exited 0 on the first attempt."""
+    last = outcome.attempts[-1]
+    lines: list[str] = []
+    if len(outcome.attempts) > 1:
+        lines.extend(attempt_line(a) for a in outcome.attempts)
+    if last.cause is not None:
+        lines.append(root_cause_line(last.cause, host))
+        lines.extend(f"  {line}" for line in error_lines(last.cause))
+        cuda = cuda_error_line(last.cause)
+        if cuda is not None:
+            lines.append(cuda)
+        lines.append(others_line(last))
+        if last.interrupted_by is not None:
+            lines.append(
+                f"interrupted: rankrun got {signal_name(last.interrupted_by)} during the "
+                f"teardown of rank {last.cause.rank}'s failure"
+            )
+    elif last.stopped is not None:
+        lines.append(f"stopped: {last.stopped.reason}")
+        lines.append(others_line(last))
+    elif last.launcher_error is not None:
+        lines.append(f"rankrun failed: {last.launcher_error}")
+        lines.append(others_line(last))
+    elif last.interrupted_by is not None:
+        lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
+    if lines:
+        lines.append(f"exit code {outcome.exit_code}")
+    return lines
+
+
+def root_cause_line(result: RankResult, host: str) -> str:
+    pid = f", pid {result.pid}" if result.pid is not None else ""
+    gpu = f", GPU {result.gpu}" if result.gpu else ""
+    return (
+        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}{pid}{gpu}) "
+        f"{result.ending.words()} after {result.duration:.2f} s"
+    )
+
+
+def cuda_error_line(result: RankResult) -> str | None:
+    """Says so when the rank died of a CUDA error, as torch words one."""
+    tail = result.stderr_tail
+    if "CUDA error" not in tail and "CUDA out of memory" not in tail:
+        return None
+    on = f" on {result.gpu}" if result.gpu else ""
+    return f"  (a CUDA error{on}: look at that GPU, or rerun with CUDA_LAUNCH_BLOCKING=1)"
+
+
+def attempt_line(attempt: Attempt) -> str:
+    if attempt.cause is not None:
+        what = f"rank {attempt.cause.rank} {attempt.cause.ending.words()}"
+    elif attempt.launcher_error is not None:
+        what = attempt.launcher_error
+    elif attempt.interrupted_by is not None:
+        what = f"rankrun got {signal_name(attempt.interrupted_by)}"
+    else:
+        what = "every rank exited 0"
+    return f"attempt {attempt.number}: {what}"
+
+
+def others_line(attempt: Attempt) -> str:
+    """What every other rank did: failed on its own, ended by rankrun (and how), or finished."""
+    groups: dict[str, list[RankResult]] = {}
+    for r in attempt.ranks:
+        if r is not attempt.cause:
+            groups.setdefault(_what_it_did(r), []).append(r)
+    order = sorted(groups, key=lambda what: (what != "failed afterwards", what == "finished"))
+    parts = [f"{what}: {_ranks(groups[what])}" for what in order]
+    return "others: " + ("; ".join(parts) if parts else "none")
+
+
+def _what_it_did(r: RankResult) -> str:
+    if r.failed:
+        return "failed afterwards"
+    if not r.terminated:
+        return "finished"
+    if r.signal is not None:
+        return f"terminated ({signal_name(r.signal)})"
+    if r.exit_code is None:
+        return "did not end, even after SIGKILL"
+    return f"exited with code {r.exit_code} during the teardown"
+
+
+def _ranks(results: list[RankResult]) -> str:
+    """Rank numbers with runs folded: ``0-5, 7, 9-511``."""
+    numbers = sorted(r.rank for r in results)
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run))
+                     for run in runs)  # fmt: skip
+
+
+def error_lines(result: RankResult) -> list[str]:
+    """The rank's error: its last traceback or fatal error's stacks, else its error.json
+    message, else its stderr's end."""
+    lines = [_TORCH_LABEL.sub("", line) for line in result.stderr_tail.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith(_ERROR_STARTS)]
+    if starts:
+        return _shorten(lines[starts[-1] :])
+    from_file = _error_file_lines(result.error_file)
+    return from_file or lines[-_TAIL_LINES:]
+
+
+def _shorten(lines: list[str]) -> list[str]:
+    if len(lines) <= _MAX_TRACEBACK_LINES:
+        return lines
+    keep = _MAX_TRACEBACK_LINES - 3
+    return [*lines[:2], f"... {len(lines) - keep - 2} lines ...", *lines[-keep:]]
+
+
+def _error_file_lines(path: str | None) -> list[str]:
+    """torch's ``@record`` writes {"message": {"message": ..., "extraInfo": {...}}}."""
+    if path is None:
+        return []
+    import json
+
+    try:
+        with open(path) as f:
+            message = json.load(f).get("message")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if isinstance(message, str):
+        return message.splitlines()
+    if not isinstance(message, dict):
+        return []
+    stack = (message.get("extraInfo") or {}).get("py_callstack")
+    text = stack if isinstance(stack, str) and stack else str(message.get("message", ""))
+    return _shorten(text.splitlines())

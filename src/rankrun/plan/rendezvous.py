@@ -1,0 +1,86 @@
+"""Where the job meets: node 0's address and port, and how long nodes wait for each other.
+
+torchrun's rendezvous flags are read here: ``--rdzv-endpoint HOST[:PORT]`` names node 0's
+address and port, for the ``static`` and the ``c10d`` backend alike, and ``--rdzv-conf``
+may carry ``join_timeout``.
+"""
+
+from __future__ import annotations
+
+from rankrun.base.errors import UsageError
+from rankrun.base.values import NamedTuple
+from rankrun.plan.checks import check, check_seconds
+from rankrun.plan.options import Options
+
+_C10D_PORT = 29400  # torchrun's default for an endpoint without a port
+
+
+class Rendezvous(NamedTuple):
+    backend: str
+    master_addr: str
+    master_port: int
+    join_timeout: float
+    node_timeout: float
+    local_addr: str | None
+
+    def with_port_chosen(self, standalone: bool) -> Rendezvous:
+        """A single node's port: a free one for 0 or --standalone, else a free given one."""
+        from rankrun.plan.ports import free_port, port_in_use
+
+        if standalone or self.master_port == 0:
+            return self._replace(master_port=free_port())
+        check(
+            not port_in_use(self.master_port),
+            f"--master-port {self.master_port} is already in use on this host, perhaps by a "
+            "stale run: end it, or pass --master-port 0 to pick a free port",
+        )
+        return self
+
+
+def rendezvous(o: Options) -> Rendezvous:
+    addr, port = o.master_addr, o.master_port
+    if o.rdzv_endpoint:
+        addr, port = _endpoint(o.rdzv_endpoint)
+    conf = _conf(o.rdzv_conf)
+    join_timeout = float(conf.get("join_timeout", o.join_timeout))
+    check_seconds(join_timeout, "--rdzv-timeout", low=0.1, high=7 * 86400)
+    check_seconds(o.node_timeout, "--node-timeout", low=0.1, high=86400)
+    check(
+        o.nnodes == 1 or port != 0,
+        "--master-port 0 needs one node: give every node the same fixed port",
+    )
+    check(o.rdzv_backend in ("static", "c10d"), f"--rdzv-backend {o.rdzv_backend}: use c10d")
+    return Rendezvous(o.rdzv_backend, addr, port, join_timeout, o.node_timeout, o.local_addr)
+
+
+def _endpoint(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or "]" in port:
+        return value.strip("[]"), _C10D_PORT
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(
+            f"--rdzv-endpoint {value!r}: give HOST:PORT, such as node0:29400"
+        ) from None
+    check(0 <= number <= 65535, f"--rdzv-endpoint {value}: port {number} is outside 0..65535")
+    return host.strip("[]"), number
+
+
+def _conf(value: str) -> dict[str, str]:
+    conf = {}
+    for item in filter(None, value.split(",")):
+        key, eq, setting = item.partition("=")
+        check(
+            bool(eq and key),
+            f"--rdzv-conf {value!r}: give key=value pairs, such as join_timeout=900",
+        )
+        conf[key.strip()] = setting.strip()
+    if "join_timeout" in conf:
+        try:
+            float(conf["join_timeout"])
+        except ValueError:
+            raise UsageError(
+                f"--rdzv-conf join_timeout={conf['join_timeout']!r}: give seconds"
+            ) from None
+    return conf

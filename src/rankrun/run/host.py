@@ -1,0 +1,247 @@
+"""The loop's hands on this machine: start ranks, signal their groups, wait for events.
+
+``Gang`` makes every decision and touches the world only through a ``Host``, so tests can
+give it a scripted one and replay histories in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from rankrun.inspect.live import LiveRun
+from rankrun.output.outcome import Ending, RankResult
+from rankrun.output.printer import Printer
+from rankrun.output.relay import Relay
+from rankrun.plan.checks import FEW_FILES, files_needed
+from rankrun.plan.plan import RankSpec
+from rankrun.run.guardian import Guardian
+from rankrun.run.libc import load_prctl, set_subreaper
+from rankrun.run.rank import Rank
+from rankrun.run.reaper import Reaper
+from rankrun.run.watch import TERMINATING, Event, Signalled, Watch
+
+
+class Host:
+    """Owns, while entered, the signal handlers, the subreaper and the guardian."""
+
+    def __init__(self, printer: Printer, grace: float, nproc: int, token: str) -> None:
+        self._printer, self._grace, self._nproc, self._token = printer, grace, nproc, token
+        self._watch = Watch()
+        self._guardian: Guardian | None = None
+        self._subreaper = False
+        self._ranks: dict[int, Rank] = {}
+        self._news: list[Event] = []
+        self._live = LiveRun(printer.event)
+        self.last_output = time.monotonic()
+        """When a rank last wrote something that passes through rankrun."""
+
+    def __enter__(self) -> Host:
+        ensure_fd_capacity(self._nproc)
+        self._watch.__enter__()
+        try:
+            self._reaper = Reaper()
+            # Forked first, so that it is adopted by init and not by the launcher as subreaper.
+            self._guardian = Guardian(self._grace, self._token)
+            load_prctl()  # while the guardian's first fork exits
+            self._watch.hold_stops()
+            self._guardian.adopted()
+            self._watch.add_reader(self._guardian.lifeline, self._guardian_died)
+            self._subreaper = set_subreaper(True)
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.close()
+        try:
+            if self._guardian is not None:
+                self._watch.remove_reader(self._guardian.lifeline)
+                self._guardian.close()
+        finally:
+            if self._subreaper:
+                set_subreaper(False)
+            self._watch.__exit__(exc_type, exc, tb)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def spawn(self, spec: RankSpec) -> int:
+        """Start a rank and return its pid; raises SpawnError if its program can't run."""
+        rank = Rank(spec, self._printer)
+        with self._watch.job.released():
+            if spec.cpus is None:
+                rank.start()
+            else:
+                _bound(spec.cpus, rank.start)
+        assert self._guardian is not None
+        self._guardian.guard(rank.pid)
+        for relay in rank.relays:
+            self._watch.add_reader(relay.fd, functools.partial(self._on_output, relay, rank.pid))
+        self._ranks[rank.pid] = rank
+        self._live.started(spec, rank.pid)
+        return rank.pid
+
+    def _on_output(self, relay: Relay, pid: int) -> None:
+        self.last_output = time.monotonic()
+        if relay.read():
+            self._live.output(pid)
+        else:
+            self._end_relay(relay)
+
+    def _end_relay(self, relay: Relay) -> None:
+        if relay.open:
+            self._watch.remove_reader(relay.fd)
+            relay.close()
+
+    def drain(self, pid: int) -> None:
+        """Relay what an ended rank left in its pipes."""
+        for relay in self._ranks[pid].drain():
+            self._end_relay(relay)
+
+    def result(self, pid: int, ending: Ending) -> RankResult:
+        return self._ranks[pid].result(ending)
+
+    def release(self, pid: int) -> None:
+        """Stop relaying a rank's output and close its pipes."""
+        rank = self._ranks.pop(pid)
+        for relay in rank.relays:
+            self._end_relay(relay)
+        rank.close()
+
+    def signal_group(self, pgid: int, signum: int) -> bool:
+        """Signal a rank's process group; False if the group is gone."""
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def group_exists(self, pgid: int) -> bool:
+        return self.signal_group(pgid, 0)
+
+    def group_gone(self, pgid: int) -> None:
+        assert self._guardian is not None
+        self._guardian.release(pgid)
+
+    def add_source(self, fd: int, take: Callable[[], list[Event]]) -> None:
+        """Events from outside this machine (the node agent's): ``fd`` is readable when
+        ``take()`` has some. The source stays until ``remove_source``."""
+        self._watch.add_reader(fd, lambda: self._news.extend(take()))
+
+    def remove_source(self, fd: int) -> None:
+        self._watch.remove_reader(fd)
+
+    def wait(self, timeout: float | None) -> list[Event]:
+        """Block until something happens or ``timeout`` passes; exits come first."""
+        assert self._guardian is not None
+        self._guardian.flush()
+        signals = self._watch.wait(self._live.tick(timeout))
+        news, self._news = self._news, []
+        if not signals or signals[0].signum != signal.SIGCHLD:
+            return [*signals, *news]
+        exits: list[Event] = list(self._reaper.reap())
+        return exits + signals[1:] + news
+
+    def _guardian_died(self) -> None:
+        assert self._guardian is not None
+        self._watch.remove_reader(self._guardian.lifeline)
+        self._printer.event(
+            f"the guardian (pid {self._guardian.pid}) died: if rankrun is killed now, "
+            "its ranks may outlive it"
+        )
+
+    def end_escaped(self) -> list[str]:
+        """End what left its rank's group (a ``setsid`` daemon) and was adopted; name it."""
+        pids = set(self._reaper.adopted())
+        named = [f"{pid} ({_command_name(pid)})" for pid in sorted(pids)]
+        self._signal_escaped(pids, signal.SIGTERM)
+        deadline = self.now() + self._grace
+        while pids and self.now() < deadline:
+            signals = self._watch.wait(min(0.05, deadline - self.now()))
+            if Signalled(signal.SIGTSTP) in signals:
+                self.pause()  # no rank is left to pause
+            pids -= {e.pid for e in self._reaper.reap()}
+            if any(s.signum in TERMINATING for s in signals):
+                break  # asked to hurry: no grace
+        self._signal_escaped(pids, signal.SIGKILL)
+        return named
+
+    def _signal_escaped(self, pids: set[int], signum: int) -> None:
+        for pid in pids:
+            try:
+                os.killpg(os.getpgid(pid), signum)
+            except ProcessLookupError:
+                pass
+
+    def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
+        """The Python stacks of ranks given as (rank, pid), labelled; or why there are none."""
+        from rankrun.inspect.stacks import StacksError, dump, format_dumps
+
+        try:
+            with self._watch.job.released():
+                dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
+        except StacksError as e:
+            return [f"no stacks: {e}"]
+        return format_dumps(dumps).splitlines()
+
+    def stop_pending(self) -> bool:
+        """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after it."""
+        return self._watch.stop_pending()
+
+    def pause(self) -> None:
+        """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already."""
+        self._watch.pause()
+
+    def raise_on_terminating(self) -> None:
+        """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
+        self._watch.raise_on_terminating()
+
+
+def _bound(cpus: frozenset[int], start: Callable[[], None]) -> None:
+    """Start a rank bound to ``cpus``: the child inherits this thread's affinity at fork.
+
+    Setting the launcher's own affinity around the spawn costs two system calls; binding
+    in the child (preexec_fn) would force fork over vfork, about 4 times the spawn's cost.
+    """
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        start()
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def _command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def ensure_fd_capacity(ranks: int) -> None:
+    """Raise the soft limit on open files if the ranks' pipes could pass it.
+
+    The common soft limit of 1024 would stop a labelled run near 500 ranks. The ranks inherit
+    the raised limit.
+    """
+    needed = files_needed(ranks)
+    if needed <= FEW_FILES:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
