@@ -3,7 +3,7 @@
 ``Host`` feeds a ``LiveRun``: ``started`` as each rank starts, ``output`` as a rank's output
 is relayed, ``tick`` before each wait, ``close`` at the end. The entry is first written
 ``REGISTER_AFTER_S`` after the last rank has started, so that a run shorter than that never
-pays for ``json`` and a file (3 ms); then at once on a restart, and otherwise at most once a
+pays for ``json`` and a file; then at once on a restart, and otherwise at most once a
 second. Nothing here raises: the registry serves diagnostics, and must never stop a run.
 """
 
@@ -18,7 +18,8 @@ from rankrun.plan.plan import RankSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the registry is imported once a run has lasted, never for a short one
-    from rankrun.inspect.registry import RankEntry, Registration
+    from rankrun.inspect.registration import Registration
+    from rankrun.inspect.registry import RankEntry
 
 Warn = Callable[[str], None]
 REGISTER_AFTER_S = 0.5
@@ -34,20 +35,21 @@ def start_registration(
     """Register this launcher's run with its started ``ranks`` as (spec, pid), and the time
     of each one's last output by pid; None, after one warning through ``warn``, where the
     registry cannot be used."""
-    from rankrun.inspect.registry import Registration, new_entry
+    from rankrun.inspect.registration import Registration
+    from rankrun.inspect.registry import new_entry
     from rankrun.inspect.rundir import RegistryError
 
     spec = ranks[0][0]
     try:
         entry = new_entry(
-            spec.env.get("TORCHELASTIC_RUN_ID", ""),
+            spec.run_id,
             rank_entries(ranks, last),
-            node_rank=int(spec.env.get("GROUP_RANK", "0")),
-            attempt=attempt_of(spec),
+            node_rank=spec.node_rank,
+            attempt=spec.attempt,
             command=command_words(spec.argv),
         )
         return Registration(entry, env)
-    except (RegistryError, OSError, ValueError) as e:
+    except (RegistryError, OSError) as e:
         if warn is not None:
             warn(f"stacks and status will not find this run: {e}")
         return None
@@ -60,10 +62,6 @@ def rank_entries(
 
     last = last or {}
     return [RankEntry(s.rank, s.local_rank, pid, last.get(pid), _direct_log(s)) for s, pid in ranks]
-
-
-def attempt_of(spec: RankSpec) -> int:
-    return int(spec.env.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def command_words(argv: Sequence[str]) -> str:
@@ -101,11 +99,11 @@ class LiveRun:
 
     def started(self, spec: RankSpec, pid: int) -> None:
         """Rank ``spec`` runs as ``pid``; the entry lists an attempt once all its ranks do."""
-        attempt = attempt_of(spec)
+        attempt = spec.attempt
         if attempt != self._attempt:
             self._attempt, self._started, self._due = attempt, [], None
         self._started.append((spec, pid))
-        if self._done or len(self._started) < int(spec.env.get("LOCAL_WORLD_SIZE", "1")):
+        if self._done or len(self._started) < spec.local_world_size:
             return
         if self._registration is None:
             self._due = time.monotonic() + self._delay

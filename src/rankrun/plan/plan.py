@@ -43,6 +43,11 @@ class RankSpec(NamedTuple):
     error_file: str | None
     label: str
     """The prefix of the rank's lines, without colour: ``[rank3]:`` by default."""
+    run_id: str
+    node_rank: int
+    local_world_size: int
+    attempt: int
+    """0 for the first attempt, then 1, 2, ... as TORCHELASTIC_RESTART_COUNT counts them."""
     cpus: frozenset[int] | None = None
     """The CPUs the rank is bound to, or None when it is not bound."""
     gpu: str | None = None
@@ -111,7 +116,10 @@ class Plan(NamedTuple):
         argv = self._argv(local_rank)
         cpus = self.binding.cpus[local_rank] if self.binding else None
         gpu = self.gpus[local_rank % len(self.gpus)] if self.gpus else None
-        return RankSpec(rank, local_rank, argv, env, stdout, stderr, error_file, label, cpus, gpu)
+        return RankSpec(
+            rank, local_rank, argv, env, stdout, stderr, error_file, label,
+            self.run_id, self.node_rank, self.nproc_per_node, attempt, cpus, gpu,
+        )  # fmt: skip
 
     def _argv(self, local_rank: int) -> tuple[str, ...]:
         """torchrun's ``${local_rank}`` in the arguments, and the old launcher's flag."""
