@@ -1,8 +1,8 @@
 """``NamedTuple`` for rankrun's value types, at the cost of a plain class.
 
 The type checker sees ``typing.NamedTuple``. At run time, the same frozen tuple subclasses
-are built without importing ``typing`` and without compiling a constructor per class: the
-two cost about 10 ms of every launch for rankrun's fourteen value types (``-X importtime``).
+are built without importing ``typing`` and without compiling a constructor per class, which
+together cost more than the rest of the launch path's imports (``python -X importtime``).
 Instances behave as NamedTuple's do: fields by position or name, defaults, equality,
 unpacking, ``_fields``, ``_field_defaults``, ``_replace`` and ``_asdict``.
 """

@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, sized without shutil (whose import costs 3 ms)."""
+    """argparse's formatter, sized without importing shutil, which the launch path does without."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=_columns() - 2)

@@ -1,7 +1,7 @@
 """Free-port choice and busy-port checks for single-node runs.
 
 They use ``_socket``, the C module under ``socket``: ``socket`` itself builds enums of every
-constant at import, about 2 ms of every launch, for two calls that need none of them.
+constant at import, a cost every launch would pay for two calls that need none of them.
 """
 
 from __future__ import annotations

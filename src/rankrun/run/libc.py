@@ -1,7 +1,7 @@
 """The libc calls rankrun makes, through ``_ctypes`` (Linux; elsewhere they do nothing).
 
-``_ctypes`` is the C module under ``ctypes``: calling prctl through it takes 0.9 ms, where
-importing ``ctypes`` takes 3 ms of every launch, for types rankrun never uses.
+``_ctypes`` is the C module under ``ctypes``: calling prctl through it costs a fraction of
+importing ``ctypes``, which builds types rankrun never uses.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def open_signalfd(signum: int) -> int | None:
 
 
 def load_prctl() -> Callable[..., int] | None:
-    """libc's prctl; None off Linux. Loading it takes 0.5 ms: call this while a child runs."""
+    """libc's prctl; None off Linux. Loading it takes a while: call this while a child runs."""
     return _function("prctl")
 
 
