@@ -19,25 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from rankrun.inspect.procfs import carrying, read_stat
+
 TAG_VAR = "RANKRUN_TEST_TAG"
 
 
 def tagged_pids(tag: str) -> list[int]:
-    needle = f"{TAG_VAR}={tag}".encode()
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state not in (b"Z", b"X"):
-            pids.append(int(name))
-    return pids
+    return [pid for pid in carrying(TAG_VAR, tag) if pid != os.getpid()]
 
 
 def wait_gone(tag: str, timeout: float) -> list[int]:
@@ -47,14 +35,16 @@ def wait_gone(tag: str, timeout: float) -> list[int]:
     return pids
 
 
+def process_state(pid: int) -> str | None:
+    """The process's state letter (``R``, ``S``, ``T``, ``Z``...), or None once it is gone."""
+    stat = read_stat(pid)
+    return None if stat is None else stat.state
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a process that is not yet a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+    stat = read_stat(pid)
+    return stat is not None and stat.live
 
 
 def wait_dead(pids: list[int], timeout: float) -> list[int]:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BLOCKING_RANK, Runs, alive, tagged_pids, wait_gone
+from conftest import BLOCKING_RANK, Runs, alive, process_state, tagged_pids, wait_gone
 
 FAILING_RANK = """
     #!/bin/bash
@@ -287,7 +287,7 @@ def test_tstp_outside_job_control_pauses_the_ranks_and_the_launcher_runs_on(runs
     started = [int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()]
     launcher.send_signal(signal.SIGTSTP)  # its group is orphaned: the kernel won't stop it
     assert _wait_state(started, "T"), "the ranks are paused all the same"
-    assert _state(launcher.pid) != "T"
+    assert process_state(launcher.pid) != "T"
     launcher.send_signal(signal.SIGCONT)
     assert _wait_state(started, "S")
     launcher.send_signal(signal.SIGTERM)
@@ -298,15 +298,10 @@ def test_tstp_outside_job_control_pauses_the_ranks_and_the_launcher_runs_on(runs
 def _wait_state(pids: list[int], state: str, timeout: float = 5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_state(pid) == state for pid in pids):
+        if all(process_state(pid) == state for pid in pids):
             return True
         time.sleep(0.02)
     return False
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[0].decode()
 
 
 def test_a_rank_that_fails_during_the_teardown_is_said_so(runs: Runs) -> None:

@@ -21,7 +21,7 @@ import pytest
 from conftest import Runs, wait_gone
 
 import rankrun
-from rankrun.inspect import registry, rundir
+from rankrun.inspect import lookup, registry, rundir
 from rankrun.inspect.live import REGISTER_AFTER_S, LiveRun
 from rankrun.inspect.stacks import find_py_spy
 from rankrun.plan.options import Options
@@ -69,7 +69,7 @@ class Job:
         """The launcher's registry entry, once it lists ``attempt``."""
         deadline = time.monotonic() + 10
         while True:
-            runs = registry.live_runs(self.runs.env)
+            runs = lookup.live_runs(self.runs.env)
             if runs and runs[0].attempt == attempt:
                 return runs[0]
             assert time.monotonic() < deadline, (
@@ -332,13 +332,13 @@ def test_live_run_registers_a_run_that_lasts_and_notes_output(
     runs: Runs, sleepers: Sleepers, tmp_path: Path
 ) -> None:
     live, pids = _live_run(runs, sleepers, tmp_path, wait=False)
-    assert registry.live_runs(runs.env) == []  # a short run never pays for the registry
+    assert lookup.live_runs(runs.env) == []  # a short run never pays for the registry
     due = live.tick(5.0)
     assert due is not None and due <= REGISTER_AFTER_S
     live.output(pids[1])  # output before the entry is written is kept
 
     _tick_when_due(live)
-    (entry,) = registry.live_runs(runs.env)
+    (entry,) = lookup.live_runs(runs.env)
     assert (entry.run_id, entry.pid, entry.attempt) == ("live1", os.getpid(), 0)
     assert [(r.rank, r.pid) for r in entry.ranks] == [(0, pids[0]), (1, pids[1])]
     assert entry.ranks[0].last_output is None and entry.ranks[1].last_output is not None
@@ -349,11 +349,11 @@ def test_live_run_registers_a_run_that_lasts_and_notes_output(
 
     live.output(pids[0])
     _tick_when_due(live)
-    (entry,) = registry.live_runs(runs.env)
+    (entry,) = lookup.live_runs(runs.env)
     assert entry.ranks[0].last_output is not None
 
     live.close()
-    assert registry.live_runs(runs.env) == []
+    assert lookup.live_runs(runs.env) == []
     assert _registry_files(runs) == []
     assert live.tick(None) is None
 

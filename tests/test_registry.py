@@ -18,27 +18,17 @@ from conftest import Runs
 from procs import Procs, ended
 
 from rankrun.inspect import registry, rundir
-from rankrun.inspect.registry import (
-    RankEntry,
-    Registration,
-    RunEntry,
-    RunNotFound,
-    find_run,
-    live_runs,
-    new_entry,
-    process_start_time,
-    prune,
-    register,
-    seconds_since_output,
-    unregister,
-    update,
-)
+from rankrun.inspect.lookup import RunNotFound, find_run, live_runs, prune
+from rankrun.inspect.procfs import start_time
+from rankrun.inspect.registration import Registration, register, unregister, update
+from rankrun.inspect.registry import RankEntry, RunEntry, new_entry, seconds_since_output
 from rankrun.inspect.rundir import RegistryError, runtime_dir
 
 # A launcher stand-in: registers itself with two "ranks" (its own children), then waits.
 LAUNCHER = """
     import subprocess, sys, time
-    from rankrun.inspect.registry import RankEntry, Registration, new_entry
+    from rankrun.inspect.registration import Registration
+    from rankrun.inspect.registry import RankEntry, new_entry
 
     ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
              for _ in range(2)]
@@ -77,7 +67,7 @@ def procs(runs: Runs, env: dict[str, str]) -> Iterator[RegistryProcs]:
 
 
 def entry_for(pid: int, run_id: str, **changes: object) -> RunEntry:
-    start = process_start_time(pid)
+    start = start_time(pid)
     assert start is not None
     entry = RunEntry(run_id, pid, start, "host", 0, 0, (RankEntry(0, 0, pid),), 1.0, 1.0)
     return entry._replace(**changes)
@@ -93,7 +83,7 @@ def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
 
     found = find_run(None, env)
     assert found.run_id == "job-1" and found.pid == launcher.pid and found.path == path
-    assert found.start_time == process_start_time(launcher.pid)
+    assert found.start_time == start_time(launcher.pid)
     assert found.host == os.uname().nodename and found.command == "train.py --lr 3"
     assert [(r.rank, r.local_rank) for r in found.ranks] == [(0, 0), (1, 1)]
     assert [r.last_output for r in found.ranks] == [None, 1234.5]
@@ -103,7 +93,7 @@ def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
 
     launcher.send_signal(signal.SIGKILL)  # no chance to unregister; not yet reaped: a zombie
     deadline = time.monotonic() + 5
-    while process_start_time(launcher.pid) is not None:
+    while start_time(launcher.pid) is not None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert os.path.exists(path)
@@ -117,7 +107,7 @@ def test_a_reused_pid_is_not_taken_for_the_launcher(
     procs: RegistryProcs, env: dict[str, str]
 ) -> None:
     other = procs.sleeper()
-    start = process_start_time(other.pid)
+    start = start_time(other.pid)
     assert start is not None
     path = register(entry_for(other.pid, "old", start_time=start - 1), env)
     assert live_runs(env) == []

@@ -9,13 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import BLOCKING_RANK, Runs
+from conftest import BLOCKING_RANK, Runs, process_state
 from test_gang import start_as_a_shell_job
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Runs) -> None:
@@ -66,7 +61,7 @@ def _settled_states(pids: list[int]) -> list[str]:
     """The processes' states, given a second to leave T: a slow launcher is not a stuck one."""
     deadline = time.monotonic() + 1.0
     while True:
-        states = [_state(pid) for pid in pids]
+        states = [process_state(pid) for pid in pids]
         if "T" not in states or time.monotonic() > deadline:
             return states
         time.sleep(0.01)
@@ -105,7 +100,7 @@ def _wait_blocked_on(pid: int, path: Path) -> None:
 
 def _opening(pid: int, path: Path) -> bool:
     """Whether the process sleeps in open() (a FIFO's open blocks for a writer)."""
-    if _state(pid) != "S":
+    if process_state(pid) != "S":
         return False
     try:
         with open(f"/proc/{pid}/syscall") as f:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs
+from conftest import Runs, process_state
 from procs import Procs, ended
 
 import rankrun
@@ -149,7 +149,7 @@ def test_a_stopped_rank_is_read_without_pausing_it(procs: StackProcs) -> None:
     a = procs.blocked_in("waiting_in_all_reduce")
     os.kill(a.pid, signal.SIGSTOP)
     deadline = time.monotonic() + 5
-    while _state(a.pid) != "T":
+    while process_state(a.pid) != "T":
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
@@ -197,12 +197,7 @@ def test_a_slow_py_spy_is_ended_at_the_timeout(procs: StackProcs, tmp_path: Path
         f"py-spy did not finish within 0.5 s (process {a.pid} is in state S); try nonblocking reads"
     )
     hung_pid = int((tmp_path / "hung.pid").read_text())
-    assert not os.path.exists(f"/proc/{hung_pid}") or _state(hung_pid) in ("Z", "X")
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    assert process_state(hung_pid) in (None, "Z", "X")
 
 
 # --- py-spy missing, or refused ----------------------------------------------------------------

@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 
 from rankrun.base.errors import UsageError
+from rankrun.inspect.lookup import find_run
 from rankrun.inspect.procfs import ProcStat, all_processes, read_stat
-from rankrun.inspect.registry import RankEntry, RunEntry, find_run, seconds_since_output
+from rankrun.inspect.registry import RankEntry, RunEntry, seconds_since_output
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

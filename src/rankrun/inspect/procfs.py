@@ -1,4 +1,8 @@
-"""One read of ``/proc/<pid>/stat``: the facts the diagnostics need of a process."""
+"""Every read of ``/proc`` that rankrun makes: a process's stat, its name, the processes that
+carry a variable in their environment.
+
+``/proc/<pid>/stat`` is parsed here and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ class ProcStat(NamedTuple):
     pgrp: int
     ticks: int
     """User and system CPU time, in clock ticks."""
+    start_time: int
+    """When the process started, in clock ticks after boot: with the pid, it names a process."""
     rss_pages: int
 
     @property
@@ -30,16 +36,62 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
     # The fields after the command name, which may hold spaces: proc(5)'s 3rd on.
     v = stat[stat.rfind(b")") + 2 :].split()
-    return ProcStat(v[0].decode(), int(v[1]), int(v[2]), int(v[11]) + int(v[12]), int(v[21]))
+    ticks = int(v[11]) + int(v[12])
+    return ProcStat(v[0].decode(), int(v[1]), int(v[2]), ticks, int(v[19]), int(v[21]))
 
 
 def all_processes() -> dict[int, ProcStat]:
-    """Every process in /proc, by pid."""
+    """Every process in /proc, by pid; empty where there is no /proc."""
     table: dict[int, ProcStat] = {}
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
         if name.isdigit() and (stat := read_stat(int(name))) is not None:
             table[int(name)] = stat
     return table
+
+
+def start_time(pid: int) -> int | None:
+    """Clock ticks after boot at which ``pid`` started; None if it is gone or a zombie.
+
+    Without /proc (not Linux) it is 0 for a live process: only the pid can be checked.
+    """
+    stat = read_stat(pid)
+    if stat is None and not os.path.isdir("/proc/self"):
+        return _alive_without_proc(pid)
+    return stat.start_time if stat is not None and stat.live else None
+
+
+def _alive_without_proc(pid: int) -> int | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return 0
+
+
+def carrying(variable: str, value: str) -> dict[int, ProcStat]:
+    """The live processes, other than this one, whose environment holds ``variable=value``.
+
+    Every process of a run carries the run's token, and every process a test starts carries
+    the test's tag: this finds what left its process group.
+    """
+    needle = f"{variable}={value}".encode()
+    found = {}
+    for pid, stat in all_processes().items():
+        if pid == os.getpid() or not stat.live:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found[pid] = stat
+        except OSError:
+            pass
+    return found
 
 
 def process_name(pid: int) -> str:

@@ -7,11 +7,11 @@ gone. When the launcher dies in any way, SIGKILL included, the pipe reaches EOF,
 guardian sends SIGTERM to each group still named and to the group of every process that
 carries the run's token in its environment (what left the groups with ``setsid``, and a
 rank spawned in the moment before its group was named), then SIGKILL to what is left after
-the grace period. Naming groups one write per spawn woke the guardian each time, and on a busy
-machine that cost the launcher up to 2 ms of an 8-rank start.
+the grace period. Naming groups one write per spawn woke the guardian each time, which a busy
+machine felt in a large gang's start (``bench/launch_parts.py``).
 
 The guardian is forked twice, so that it is not the launcher's child: the launcher never
-waits for it to exit (that wait cost 3 ms of every run), and a library caller is left no
+waits for it to exit (a wait every run would pay), and a library caller is left no
 child to reap. The launcher learns of its death through a second pipe, its lifeline,
 whose only writer is the guardian.
 """
@@ -169,10 +169,16 @@ def _end_run(groups: set[int], token: str | None, grace: float) -> None:
 
 
 def _still_alive(groups: set[int]) -> set[int]:
-    alive = _live_processes()
-    if alive is None:
+    """Those of ``groups`` with a live member; zombies do not count.
+
+    After the launcher's death its orphans go to a PID 1 that may never reap them, and a
+    zombie would answer ``kill(0)`` as if it lived. Only without /proc is ``kill(0)`` asked.
+    """
+    from rankrun.inspect.procfs import all_processes  # in the guardian, after the death
+
+    if not os.path.isdir("/proc/self"):
         return {g for g in groups if _group_exists(g)}
-    return groups & set(alive.values())
+    return groups & {stat.pgrp for stat in all_processes().values() if stat.live}
 
 
 def _signal(groups: set[int], signum: int) -> None:
@@ -191,41 +197,8 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _live_processes() -> dict[int, int] | None:
-    """Each live process's group, from one pass over /proc; zombies do not count.
-
-    None where there is no /proc. After the launcher's death its orphans go to a PID 1
-    that may never reap them, and a zombie would answer ``kill(0)`` as if it lived.
-    """
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    alive = {}
-    for name in names:
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] not in (b"Z", b"X"):
-                alive[int(name)] = int(fields[2])
-    return alive
-
-
 def _marked_groups(token: str) -> set[int]:
     """The groups of the live processes whose environment carries ``token``."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = set()
-    for pid, pgid in (_live_processes() or {}).items():
-        if pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.add(pgid)
-        except OSError:
-            pass
-    return found
+    from rankrun.inspect.procfs import carrying
+
+    return {stat.pgrp for stat in carrying(TOKEN_VAR, token).values()}
