@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from rankrun.plan import topology
+from rankrun.plan.binding import bind_cpus, mode_from_numa_binding, omp_threads
 from rankrun.plan.topology import (
     Gpu,
     Topology,
-    bind_cpus,
     count_gpus,
     cpu_topology,
     gpus,
-    mode_from_numa_binding,
     nproc_auto,
-    omp_threads,
     parse_cpulist,
 )
 

@@ -28,6 +28,10 @@ from rankrun.plan.options import Options
 from rankrun.plan.rendezvous import Rendezvous, rendezvous
 from rankrun.plan.streams import STREAMS, OutputOptions, Route, output_options, rank_routes
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.plan.binding import Binding
+
 LOCAL_RANK_MACRO = "${local_rank}"
 TOKEN_VAR = "RANKRUN_RUN_TOKEN"
 """Every process of a run carries ``TOKEN_VAR=<the plan's token>`` in its environment."""
@@ -248,25 +252,12 @@ def _nproc(value: int | str, env: Mapping[str, str]) -> int:
     return value
 
 
-class Binding(NamedTuple):
-    cpus: tuple[frozenset[int], ...]
-    omp: tuple[int, ...]
-    """OMP_NUM_THREADS for each local rank: the whole cores of its share, shared out."""
-
-
 def _binding(o: Options, nproc: int, env: Mapping[str, str]) -> Binding | None:
     if o.cpu_bind == "none" and o.numa_binding is None:
         return None  # without reading, or importing, the topology
-    from rankrun.plan import topology
+    from rankrun.plan.binding import binding_for
 
-    mode = o.cpu_bind
-    if o.numa_binding is not None:
-        mode = topology.mode_from_numa_binding(o.numa_binding)
-    if not hasattr(os, "sched_setaffinity"):
-        raise UsageError("--cpu-bind needs Linux's CPU affinity, which this system lacks")
-    topo = topology.cpu_topology()
-    shares = topology.bind_cpus(mode, nproc, topo, topology.gpus(env))
-    return Binding(tuple(shares), tuple(topology.omp_threads(shares, topo)))
+    return binding_for(o, nproc, env)
 
 
 def _gpus(env: Mapping[str, str]) -> tuple[str, ...]:
