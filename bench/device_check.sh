@@ -176,6 +176,7 @@ EOF
 import os, time
 t0 = time.perf_counter()
 from rankrun.plan import topology as tp
+from rankrun.plan.binding import bind_cpus
 t1 = time.perf_counter()
 g = tp.gpus(os.environ)
 t2 = time.perf_counter()
@@ -204,7 +205,7 @@ for kind in ("auto", "cpu", "gpu", "xpu"):
         print(f"nproc_auto({kind!r}): ValueError: {e}")
 n = max(len(g), 4)
 for mode in ("none", "cores", "numa"):
-    print(f"bind_cpus({mode!r}, {n}): {[sorted(s) for s in tp.bind_cpus(mode, n, topo, g)]}")
+    print(f"bind_cpus({mode!r}, {n}): {[sorted(s) for s in bind_cpus(mode, n, topo, g)]}")
 raise SystemExit(1 if bad else 0)
 EOF
     # CUDA_VISIBLE_DEVICES as rankrun reads it, as torch's NVML copy of CUDA's rules reads it,
