@@ -220,11 +220,10 @@ def test_missing_py_spy_is_one_line_that_names_the_fix(runs: Runs) -> None:
         pytest.skip(f"py-spy is installed beside {python}")
     code = """
         import sys
-        from rankrun.base.errors import UsageError
-        from rankrun.inspect.stacks import dump
+        from rankrun.inspect.stacks import StacksError, dump
         try:
             dump([("rank0", 1)], 5, env={"PATH": ""})
-        except UsageError as e:
+        except StacksError as e:
             print(e)
     """
     env = {**runs.env, "PATH": "", "PYTHONPATH": SRC}

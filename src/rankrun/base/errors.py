@@ -1,8 +1,9 @@
-"""The one exception type for a user's mistake."""
+"""The exceptions that rankrun words itself: one line that names the problem and the fix."""
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line with exit code 2, before anything is spawned.
+class RankrunError(Exception):
+    """A problem reported as one line, never a traceback; the command exits with code 2."""
 
-    The message names the problem and the fix.
-    """
+
+class UsageError(RankrunError):
+    """Bad input, found before anything is spawned. The message names the problem and the fix."""

@@ -50,7 +50,7 @@ def _open_stdio() -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    from rankrun.base.errors import UsageError
+    from rankrun.base.errors import RankrunError
 
     args = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -59,7 +59,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
             return inquire(args)
         return _launch(args)
-    except UsageError as e:
+    except RankrunError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2
 

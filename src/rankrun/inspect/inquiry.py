@@ -46,7 +46,8 @@ _STATES = {
 
 def main(argv: Sequence[str]) -> int:
     """``rankrun stacks ...`` or ``rankrun status ...``, named by ``argv[0]``; raises
-    UsageError."""
+    UsageError for a bad command line, and RankrunError where the run or its stacks can't be
+    had."""
     args = _parser(argv[0]).parse_args(argv[1:])
     run = find_run(args.run)
     try:

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from rankrun.base.errors import UsageError
+from rankrun.base.errors import RankrunError
 from rankrun.plan.plan import RankSpec
 
 TYPE_CHECKING = False
@@ -110,7 +110,7 @@ class LiveRun:
             return
         try:
             self._registration.new_attempt(attempt, rank_entries(self._started))
-        except (UsageError, OSError, ValueError):
+        except (RankrunError, OSError, ValueError):
             pass
         self._index = {pid: i for i, (_, pid) in enumerate(self._started)}
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from rankrun.base.errors import UsageError
+from rankrun.base.errors import RankrunError
 
 OVERRIDE_VAR = "RANKRUN_RUNTIME_DIR"
 
 
-class RegistryError(UsageError):
+class RegistryError(RankrunError):
     """The runtime directory cannot be used safely. The message is one line with the fix."""
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from rankrun.base.errors import UsageError
+from rankrun.base.errors import RankrunError
 from rankrun.base.values import NamedTuple
 from rankrun.inspect.procfs import ProcStat, all_processes, process_name, read_stat
 from rankrun.inspect.ptrace import explain, traced
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 INSTALL_HINT = 'pip install "rankrun[stacks]" (or pip install py-spy)'
 
 
-class StacksError(UsageError):
+class StacksError(RankrunError):
     """py-spy cannot be used at all. The message is one line with the fix."""
 
 
