@@ -1,4 +1,5 @@
-"""The one writer to the console: ranks' labelled lines and the launcher's own messages.
+"""The one writer to the console: ranks' labelled lines and the launcher's own messages,
+which also go to the events log when there is one.
 
 Colour is decided once per stream: only on a TTY, and never when NO_COLOR is set.
 """
@@ -11,6 +12,10 @@ import time
 from collections.abc import Mapping
 
 from rankrun.plan.streams import STDERR, STDOUT
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.output.events_log import EventsLog
 
 _COLOURS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95, 94, 91)
 _RESET = b"\x1b[0m"
@@ -31,8 +36,7 @@ class Printer:
         self.timestamps = timestamps
         colour = "NO_COLOR" not in env
         self._colour = {s: colour and os.isatty(fd) for s, fd in self._fds.items()}
-        self._events_path: str | None = None
-        self._events_fd: int | None = None
+        self._events: EventsLog | None = None
 
     def label(self, label: str, rank: int, stream: int) -> bytes:
         """The prefix of rank ``rank``'s lines on ``stream`` (1 stdout, 2 stderr)."""
@@ -64,28 +68,18 @@ class Printer:
 
     def event(self, message: str) -> None:
         self.write(STDERR, self.stamp() + f"rankrun: {message}\n".encode())
-        if self._events_path is not None:
-            try:
-                self._log_event(self._events_path, message)
-            except OSError:
-                self._events_path = None  # a full disk must not end the run: the console has it
-
-    def _log_event(self, path: str, message: str) -> None:
-        if self._events_fd is None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-            self._events_fd = os.open(path, flags, 0o644)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_all(self._events_fd, f"{stamp} {message}\n".encode())
+        if self._events is not None and not self._events.write(message):
+            self._events = None  # a full disk must not end the run: the console has it
 
     def events_to(self, path: str) -> None:
         """From now on, also append rankrun's own messages to ``path``, timestamped."""
-        self._events_path = path
+        from rankrun.output.events_log import EventsLog
+
+        self._events = EventsLog(path)
 
     def close(self) -> None:
-        if self._events_fd is not None:
-            os.close(self._events_fd)
-            self._events_fd = None
+        if self._events is not None:
+            self._events.close()
 
 
 def write_all(fd: int, data: bytes) -> None:
