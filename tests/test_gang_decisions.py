@@ -50,6 +50,9 @@ class ScriptedHost:
     def now(self) -> float:
         return self.clock
 
+    def wall_clock(self) -> float:
+        return self.clock
+
     def spawn(self, spec: RankSpec) -> int:
         if spec.local_rank == self._spawn_fails:
             error = "could not start ./x: Permission denied"
@@ -91,7 +94,7 @@ class ScriptedHost:
         self.exited.update(e.pid for e in events if isinstance(e, Exited))
         return events
 
-    def stop_pending(self) -> bool:
+    def suspend_pending(self) -> bool:
         return not self.stop_cancelled
 
     def pause(self) -> None:
@@ -216,7 +219,7 @@ def test_on_stall_stop_ends_the_job_with_124() -> None:
     host = ScriptedHost([(1.0, [])] * 6 + [(0.1, [exit_(100, None, TERM)])])
     attempt, _ = supervise(host, ranks=1, stall_timeout=5.0, on_stall="stop")
     assert (100, TERM) in host.signals
-    assert attempt.exit_code == 124 and attempt.stopped is not None
+    assert attempt.exit_code == 124 and attempt.halted is not None
     assert attempt.ranks[0].terminated
 
 

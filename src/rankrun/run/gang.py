@@ -6,13 +6,12 @@ Every decision is made here, and the world is touched only through a ``Host``.
 from __future__ import annotations
 
 import signal
-import time
 
-from rankrun.output.outcome import Attempt, Ending, Outcome, RankResult, Stop, signal_name
+from rankrun.output.outcome import Attempt, Ending, Halt, Outcome, RankResult, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.plan import Plan, RankSpec
 from rankrun.run.rank import LauncherError, SpawnError
-from rankrun.run.watch import FORWARDED, TERMINATING, Event, Exited, Signalled, Stopped
+from rankrun.run.watch import FORWARDED, TERMINATING, Event, Exited, Halted, Signalled
 
 # Members of a group other than its leader are not our children until the leader dies, and
 # without a subreaper never are; while only such members are left, look again this often.
@@ -33,6 +32,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         """What the gang needs of the machine; ``rankrun.run.host.Host`` is the real one."""
 
         def now(self) -> float: ...
+        def wall_clock(self) -> float: ...
         def spawn(self, spec: RankSpec) -> int: ...
         def drain(self, pid: int) -> None: ...
         def release(self, pid: int) -> None: ...
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def group_exists(self, pgid: int) -> bool: ...
         def group_gone(self, pgid: int) -> None: ...
         def wait(self, timeout: float | None) -> list[Event]: ...
-        def stop_pending(self) -> bool: ...
+        def suspend_pending(self) -> bool: ...
         def pause(self) -> None: ...
         def stacks(self, ranks: list[tuple[int, int]]) -> list[str]: ...
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
 
         def failed(self, result: RankResult) -> None: ...
         def interrupted(self, signum: int) -> None: ...
-        def stopped(self, stop: Stop) -> None: ...
+        def halted(self, halt: Halt) -> None: ...
 
 
 def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
@@ -84,14 +84,15 @@ class Gang:
     def __init__(
         self,
         plan: Plan,
-        attempt: int,
+        number: int,
         host: Host,
         printer: Printer,
         coordinator: Coordinator | None = None,
     ) -> None:
-        self.plan, self.attempt, self.host, self.printer = plan, attempt, host, printer
+        self.plan, self.number, self.host, self.printer = plan, number, host, printer
+        """``number``: the attempt's, 0 for the first, as TORCHELASTIC_RESTART_COUNT counts."""
         self.coordinator = coordinator
-        self.stopped: Stop | None = None
+        self.halted: Halt | None = None
         self.stall_seen: float | None = None
         """The output time of the quiet period last reported as a stall."""
         self.last_signal = (0, 0.0)
@@ -122,7 +123,7 @@ class Gang:
                     self.host.release(member.pid)
 
     def _start_all(self) -> None:
-        for spec in self.plan.ranks(self.attempt):
+        for spec in self.plan.ranks(self.number):
             try:
                 member = _Member(spec, self.host.spawn(spec), None)
             except SpawnError as e:
@@ -151,8 +152,8 @@ class Gang:
             if isinstance(e, Signalled):
                 self._on_signal(e.signum)
         for e in events:
-            if isinstance(e, Stopped) and self.deadline is None:
-                self.stopped = Stop(e.reason, e.exit_code)
+            if isinstance(e, Halted) and self.deadline is None:
+                self.halted = Halt(e.reason, e.exit_code)
                 self.job_signal = e.signum
                 self.printer.event(e.reason)
                 self._teardown(signal.SIGTERM)
@@ -211,7 +212,7 @@ class Gang:
         the kernel discards SIGTSTP sent to their orphaned groups, so they get SIGSTOP. A
         SIGCONT that came after the SIGTSTP, however close, cancels it.
         """
-        if not self.host.stop_pending():
+        if not self.host.suspend_pending():
             return
         count = self._signal_groups(signal.SIGSTOP)
         self.printer.event(f"paused {count} rank group(s); fg resumes them")
@@ -240,10 +241,10 @@ class Gang:
         for line in self.host.stacks(self._live_ranks()):
             self.printer.event(line)
         if self.plan.on_stall == "stop":
-            self.stopped = Stop(f"stalled: no rank wrote a line for {limit:g} s", STALL_EXIT_CODE)
+            self.halted = Halt(f"stalled: no rank wrote a line for {limit:g} s", STALL_EXIT_CODE)
             self._teardown(signal.SIGTERM)
             if self.coordinator is not None:
-                self.coordinator.stopped(self.stopped)
+                self.coordinator.halted(self.halted)
 
     def _say_where_they_are(self) -> None:
         """Before SIGKILL: where each rank that ignored the teardown was."""
@@ -318,13 +319,13 @@ class Gang:
         results = tuple(self._result(m) for m in self.members)
         cause = results[self.members.index(self.cause)] if self.cause is not None else None
         return Attempt(
-            self.attempt, results, cause, self.interrupted_by, self.launcher_error, self.stopped
+            self.number, results, cause, self.interrupted_by, self.launcher_error, self.halted
         )
 
     def _result(self, member: _Member) -> RankResult:
         ending = member.ending
         if ending is None:  # still there after SIGKILL and the wait that follows it
-            ending = Ending(None, None, time.time(), terminated=True)
+            ending = Ending(None, None, self.host.wall_clock(), terminated=True)
         if not member.pid:
             spec = member.spec
             return RankResult(spec.rank, spec.local_rank, None, ending.at, ending)

@@ -17,13 +17,14 @@ from rankrun.inspect.live import LiveRun
 from rankrun.output.outcome import Ending, RankResult
 from rankrun.output.printer import Printer
 from rankrun.output.relay import Relay
-from rankrun.plan.checks import FEW_FILES, files_needed
 from rankrun.plan.plan import RankSpec
+from rankrun.run.escapees import end_escaped
 from rankrun.run.guardian import Guardian
 from rankrun.run.libc import load_prctl, set_subreaper
+from rankrun.run.limits import ensure_fd_capacity
 from rankrun.run.rank import Rank
 from rankrun.run.reaper import Reaper
-from rankrun.run.watch import TERMINATING, Event, Signalled, Watch
+from rankrun.run.watch import Event, Watch
 
 
 class Host:
@@ -74,7 +75,12 @@ class Host:
             self._watch.__exit__(exc_type, exc, tb)
 
     def now(self) -> float:
+        """The loop's clock, for deadlines."""
         return time.monotonic()
+
+    def wall_clock(self) -> float:
+        """Unix time, for the times a report shows."""
+        return time.time()
 
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
@@ -163,26 +169,7 @@ class Host:
 
     def end_escaped(self) -> list[str]:
         """End what left its rank's group (a ``setsid`` daemon) and was adopted; name it."""
-        pids = set(self._reaper.adopted())
-        named = [f"{pid} ({_command_name(pid)})" for pid in sorted(pids)]
-        self._signal_escaped(pids, signal.SIGTERM)
-        deadline = self.now() + self._grace
-        while pids and self.now() < deadline:
-            signals = self._watch.wait(min(0.05, deadline - self.now()))
-            if Signalled(signal.SIGTSTP) in signals:
-                self.pause()  # no rank is left to pause
-            pids -= {e.pid for e in self._reaper.reap()}
-            if any(s.signum in TERMINATING for s in signals):
-                break  # asked to hurry: no grace
-        self._signal_escaped(pids, signal.SIGKILL)
-        return named
-
-    def _signal_escaped(self, pids: set[int], signum: int) -> None:
-        for pid in pids:
-            try:
-                os.killpg(os.getpgid(pid), signum)
-            except ProcessLookupError:
-                pass
+        return end_escaped(self._reaper, self._watch, self._grace)
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
         """The Python stacks of ranks given as (rank, pid), labelled; or why there are none."""
@@ -195,9 +182,9 @@ class Host:
             return [f"no stacks: {e}"]
         return format_dumps(dumps).splitlines()
 
-    def stop_pending(self) -> bool:
+    def suspend_pending(self) -> bool:
         """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after it."""
-        return self._watch.stop_pending()
+        return self._watch.suspend_pending()
 
     def pause(self) -> None:
         """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already."""
@@ -220,28 +207,3 @@ def _bound(cpus: frozenset[int], start: Callable[[], None]) -> None:
         start()
     finally:
         os.sched_setaffinity(0, mine)
-
-
-def _command_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def ensure_fd_capacity(ranks: int) -> None:
-    """Raise the soft limit on open files if the ranks' pipes could pass it.
-
-    The common soft limit of 1024 would stop a labelled run near 500 ranks. The ranks inherit
-    the raised limit.
-    """
-    needed = files_needed(ranks)
-    if needed <= FEW_FILES:
-        return
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        limit = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
