@@ -32,7 +32,7 @@ def main() -> None:
     s = json.loads(sys.argv[1])
     node, addr = s["node_rank"], s.get("addr", "127.0.0.1")
     if node == 0:
-        client = control.host(addr, s["port"])
+        client = control.serve(addr, s["port"])
         port = client.port
         me = info(s, s["run_id"])
         job = control.JobInfo(me.run_id, socket.gethostname(), port, "now", me.nnodes, "-")
@@ -59,7 +59,7 @@ def main() -> None:
 def info(s: dict[str, Any], run_id: str) -> control.NodeInfo:
     return control.NodeInfo(
         node_rank=s["node_rank"],
-        host=socket.gethostname(),
+        hostname=socket.gethostname(),
         pid=os.getpid(),
         nnodes=s["nnodes"],
         nproc_per_node=s.get("nproc_per_node", 2),

@@ -170,7 +170,7 @@ class Job:
     """A store hosted in this process for one run, and agents that join it from threads."""
 
     def __init__(self, nnodes: int, run_id: str = "job-t") -> None:
-        self.server = control.host("127.0.0.1", 0)
+        self.server = control.serve("127.0.0.1", 0)
         self.port: int = self.server.port
         self.run_id = run_id
         self.info = control.JobInfo(run_id, "hostA", self.port, "12:00", nnodes, "-")
@@ -187,9 +187,9 @@ class Job:
 
 
 def node(
-    r: int, nnodes: int, run_id: str = "job-t", host: str = "", pid: int = 0
+    r: int, nnodes: int, run_id: str = "job-t", hostname: str = "", pid: int = 0
 ) -> control.NodeInfo:
-    return control.NodeInfo(r, host or f"host{r}", pid or 100 + r, nnodes, 8, run_id, "1", "c")
+    return control.NodeInfo(r, hostname or f"host{r}", pid or 100 + r, nnodes, 8, run_id, "1", "c")
 
 
 def join_all(job: Job, infos: list[control.NodeInfo]) -> list[Any]:
@@ -212,7 +212,7 @@ def join_all(job: Job, infos: list[control.NodeInfo]) -> list[Any]:
 
 def test_duplicate_node_rank_is_named_on_every_agent() -> None:
     job = Job(3)
-    infos = [node(0, 3), node(1, 3, host="a", pid=1), node(1, 3, host="b", pid=2)]
+    infos = [node(0, 3), node(1, 3, hostname="a", pid=1), node(1, 3, hostname="b", pid=2)]
     out = join_all(job, infos)
     assert all(isinstance(e, control.DuplicateNodeRank) for e in out), out
     messages = {str(e) for e in out}
@@ -239,7 +239,7 @@ def test_stranger_is_told_and_changes_nothing() -> None:
         "this is job job-b: use another --master-port"
     )
     with pytest.raises(control.Stranger) as late:
-        control.join(job.store("job-a"), node(1, 2, "job-a", host="late"), timeout=5)
+        control.join(job.store("job-a"), node(1, 2, "job-a", hostname="late"), timeout=5)
     assert "its 2 nodes have all joined, and this agent (--node-rank 1 on late)" in str(late.value)
     # node 0 of another job whose --master-addr reaches this one's store
     with pytest.raises(control.Stranger, match="held by rankrun job job-a"):
@@ -293,7 +293,7 @@ def test_first_failure_is_the_first_add() -> None:
 
     def publish(store: control.JobStore, fact: control.FailureFact) -> None:
         start.wait()
-        orders[fact.host] = control.publish_failure(store, 1, fact)
+        orders[fact.hostname] = control.publish_failure(store, 1, fact)
 
     threads = [threading.Thread(target=publish, args=p) for p in ((a, fa), (b, fb))]
     for t in threads:
@@ -359,7 +359,7 @@ def test_connect_waits_for_node_0_and_says_so() -> None:
     )
 
     later: list[Any] = []
-    threading.Timer(1.0, lambda: later.append(control.host("127.0.0.1", port))).start()
+    threading.Timer(1.0, lambda: later.append(control.serve("127.0.0.1", port))).start()
     client = control.connect("127.0.0.1", port, timeout=20)
     client.set("k", "v")
     assert later[0].get("k") == b"v"

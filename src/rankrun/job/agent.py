@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from rankrun.base.errors import UsageError
 from rankrun.job import control
 from rankrun.job.link import End, Link
-from rankrun.output.outcome import Attempt, Outcome, Stop
+from rankrun.output.outcome import Attempt, Halt, Outcome
 from rankrun.output.printer import Printer
 from rankrun.plan.layout import Layout
 from rankrun.plan.plan import Plan
@@ -56,7 +56,7 @@ class Agent:
         name = os.uname().nodename
         server = None
         if plan.node_rank == 0:
-            server = control.host(addr, port)
+            server = control.serve(addr, port)
             client = server
             job = control.JobInfo(plan.run_id, name, port, _now(), plan.nnodes, "")
             control.announce(client, job)
@@ -88,7 +88,7 @@ class Agent:
                     printer.event(f"restart {number} of {self.plan.max_restarts}")
                 attempt = self._attempt(number, host, printer)
                 attempts.append(attempt)
-                if not self._restarts(attempt, number):
+                if not self._restarts(number):
                     break
                 control.barrier(self.store, f"attempt_{number + 1}", self.plan.node_rank,
                                 self.plan.nnodes, self.plan.rendezvous.join_timeout)  # fmt: skip
@@ -97,7 +97,7 @@ class Agent:
         return Outcome(tuple(attempts))
 
     def _attempt(self, number: int, host: Host, printer: Printer) -> Attempt:
-        self.link.attempt = number
+        self.link.attempt_number = number
         plan = self._plan_for(number)
         attempt = Gang(plan, number, host, printer, self.link).supervise()
         result = self._result(attempt)
@@ -106,8 +106,8 @@ class Agent:
         self._try(lambda: control.publish_result(self.store, number, result))
         end = self._await_job(number, host)
         if end is not None and end.get("node") != self.plan.node_rank:
-            stop = Stop(str(end["reason"]), int(str(end["code"])))
-            attempt = attempt._replace(cause=None, stopped=stop)
+            halt = Halt(str(end["reason"]), int(str(end["code"])))
+            attempt = attempt._replace(cause=None, halted=halt)
         return attempt
 
     def _plan_for(self, number: int) -> Plan:
@@ -115,7 +115,7 @@ class Agent:
         key = self.store.key("attempt", number, "workers")
         if self.plan.node_rank == 0:
             meeting = self.plan.rendezvous
-            self._workers = control.host(meeting.master_addr, 0)
+            self._workers = control.serve(meeting.master_addr, 0)
             self.store.client.set(key, str(self._workers.port))
         raw = control.bounded(lambda: self.store.clone().client.get(key),
                               self.plan.rendezvous.join_timeout, "the workers' store")  # fmt: skip
@@ -127,7 +127,7 @@ class Agent:
         from rankrun.output.summary import rank_row
 
         rows = tuple(rank_row(r) for r in attempt.ranks)
-        name = self.nodes[self.plan.node_rank].host
+        name = self.nodes[self.plan.node_rank].hostname
         return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, rows)
 
     def _await_job(self, number: int, host: Host) -> dict[str, object] | None:
@@ -140,7 +140,7 @@ class Agent:
         while True:
             end = link.ends.get(number)
             lost = end is not None and end["kind"] == End.LOST
-            if link.results.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
+            if link.result_counts.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
                 self._say_seen(number)
                 return end
             for e in host.wait(_RESULT_WAIT):
@@ -197,7 +197,8 @@ class Agent:
             time.sleep(0.02)
         return results
 
-    def _restarts(self, attempt: Attempt, number: int) -> bool:
+    def _restarts(self, number: int) -> bool:
+        """Whether the job restarts after attempt ``number``: a failure, with restarts left."""
         end = self.link.ends.get(number) or {}
         if end.get("kind") != End.FAILURE or number >= self.plan.max_restarts:
             return False

@@ -40,12 +40,12 @@ def root_cause_line(root: FailureFact) -> str:
     ending = Ending(root.exit_code, root.signal, 0.0)
     return (
         f"root cause: rank {root.rank} (local rank {root.local_rank}, node {root.node_rank}, "
-        f"host {root.host}, pid {root.pid}) {ending.words()} after {root.duration:.2f} s"
+        f"host {root.hostname}, pid {root.pid}) {ending.words()} after {root.duration:.2f} s"
     )
 
 
 def node_line(node: NodeInfo, result: NodeResult | None) -> str:
-    who = f"node {node.node_rank} ({node.host}, pid {node.pid})"
+    who = f"node {node.node_rank} ({node.hostname}, pid {node.pid})"
     if result is None:
         return f"{who}: no result: lost, or it did not finish in time"
     groups: dict[str, list[int]] = {}
@@ -60,7 +60,7 @@ def node_line(node: NodeInfo, result: NodeResult | None) -> str:
 
 def other_node_line(end: Mapping[str, object], node0: NodeInfo, exit_code: int) -> str:
     return (
-        f"the job ended: {end['reason']}; node 0 ({node0.host}) has the report; "
+        f"the job ended: {end['reason']}; node 0 ({node0.hostname}) has the report; "
         f"exit code {exit_code}"
     )
 
@@ -75,9 +75,14 @@ def write_job_summary(
     summary: dict[str, Any] = {
         "run_id": run_id,
         "exit_code": outcome.exit_code,
-        "root_cause": root._asdict() if root is not None else None,
-        "nodes": [r._asdict() for _, r in sorted(results.items())],
+        "root_cause": _with_host(root._asdict()) if root is not None else None,
+        "nodes": [_with_host(r._asdict()) for _, r in sorted(results.items())],
     }
     with open(path, "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
+
+
+def _with_host(row: dict[str, Any]) -> dict[str, Any]:
+    """A record as the summary spells it: ``host``, as in the single-node summary."""
+    return {("host" if k == "hostname" else k): v for k, v in row.items()}

@@ -9,7 +9,7 @@ from rankrun.base.errors import UsageError
 from rankrun.output.outcome import Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
-from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cores
+from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cpus
 from rankrun.run.gang import run_attempts
 from rankrun.run.host import Host
 from rankrun.run.watch import Interrupted
@@ -138,7 +138,7 @@ def _announce(plan: Plan, printer: Printer) -> None:
         printer.event(f"logs in {plan.layout.root}")
     if plan.omp_num_threads is not None:
         printer.event(
-            f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cores()} "
+            f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cpus()} "
             f"usable cores / {plan.nproc_per_node} local ranks); set it to choose another"
         )
 
@@ -148,13 +148,13 @@ def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) 
         return
     from rankrun.output.report import format_report
 
-    host = os.uname().nodename
-    for line in format_report(outcome, host):
+    hostname = os.uname().nodename
+    for line in format_report(outcome, hostname):
         printer.event(line)
     if options.summary_json is not None:
         from rankrun.output.summary import write_summary
 
         try:
-            write_summary(options.summary_json, outcome, host, plan.run_id)
+            write_summary(options.summary_json, outcome, hostname, plan.run_id)
         except OSError as e:
             printer.event(f"could not write --summary-json {options.summary_json}: {e.strerror}")

@@ -3,7 +3,7 @@
 While the gang runs an attempt, one background thread owns this node's store client: it
 publishes what ends the attempt here (a failure, an interrupt), bumps the heartbeat, and
 watches for the attempt's end from elsewhere (another node's failure, a lost node). What it
-learns reaches the gang's loop as a ``Stopped`` event, through a pipe the loop waits on. A
+learns reaches the gang's loop as a ``Halted`` event, through a pipe the loop waits on. A
 second thread only reads the clock: a node whose store calls hang (node 0 stopped, the
 network gone) must still end its ranks, and a hung call can't tell it so.
 """
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from rankrun.job import control
-from rankrun.output.outcome import RankResult, Stop
-from rankrun.run.watch import Event, Stopped
+from rankrun.output.outcome import Halt, RankResult
+from rankrun.run.watch import Event, Halted
 
 POLL = 0.05
 
@@ -37,16 +37,16 @@ class Link:
     def __init__(self, store: control.JobStore, nodes: list[control.NodeInfo], node_rank: int,
                  timeout: float) -> None:  # fmt: skip
         self.store, self.nodes, self.node_rank = store, nodes, node_rank
-        self.host = nodes[node_rank].host
+        self.hostname = nodes[node_rank].hostname
         nnodes = len(nodes)
         self.timeout = timeout
         interval = min(max(timeout / 5, 0.1), 2.0)
         self.heartbeat = control.Heartbeat(store, node_rank, nnodes, interval=interval,
                                            timeout=timeout)  # fmt: skip
-        self.attempt = 0
+        self.attempt_number = 0
         self.ends: dict[int, dict[str, object]] = {}
         """How each attempt ended, once it has: kind, reason, code, node."""
-        self.results: dict[int, int] = {}
+        self.result_counts: dict[int, int] = {}
         """How many nodes have published their result of each attempt."""
         self._requests: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
         self._news: list[Event] = []
@@ -65,27 +65,27 @@ class Link:
         from rankrun.output.report import error_lines
 
         words = result.ending.words()
-        reason = f"rank {result.rank} on node {self.node_rank} ({self.host}) {words}"
+        reason = f"rank {result.rank} on node {self.node_rank} ({self.hostname}) {words}"
         fact = control.FailureFact(
-            self.node_rank, self.host, result.rank, result.local_rank, result.pid or 0,
+            self.node_rank, self.hostname, result.rank, result.local_rank, result.pid or 0,
             result.exit_code, result.signal, "\n".join(error_lines(result)), result.duration,
         )  # fmt: skip
-        attempt = self.attempt
+        attempt = self.attempt_number
         self._requests.put(lambda: control.publish_failure(self.store, attempt, fact))
         self._requests.put(lambda: self._end(attempt, End.FAILURE, reason, result.code))
         self._kick.set()
 
     def interrupted(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        reason = f"interrupted on node {self.node_rank} ({self.host}) by {name}"
-        attempt = self.attempt
+        reason = f"interrupted on node {self.node_rank} ({self.hostname}) by {name}"
+        attempt = self.attempt_number
         self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, 128 + signum, signum))
         self._kick.set()
 
-    def stopped(self, stop: Stop) -> None:
-        attempt = self.attempt
-        reason = f"{stop.reason} on node {self.node_rank} ({self.host})"
-        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, stop.exit_code))
+    def halted(self, halt: Halt) -> None:
+        attempt = self.attempt_number
+        reason = f"{halt.reason} on node {self.node_rank} ({self.hostname})"
+        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, halt.exit_code))
         self._kick.set()
 
     def take(self) -> list[Event]:
@@ -133,24 +133,26 @@ class Link:
 
     def _declare_lost(self, lost: list[int]) -> None:
         if lost:
-            named = ", ".join(f"{r} ({self.nodes[r].host}, pid {self.nodes[r].pid})" for r in lost)
+            named = ", ".join(
+                f"{r} ({self.nodes[r].hostname}, pid {self.nodes[r].pid})" for r in lost
+            )
             reason = f"node {named} lost: no heartbeat for {self.timeout:g} s"
-            self._end(self.attempt, End.LOST, reason, 1, lost=lost)
+            self._end(self.attempt_number, End.LOST, reason, 1, lost=lost)
 
     @property
     def cut_off(self) -> bool:
         return self.heartbeat.cut_off()
 
     def _read_end(self) -> None:
-        attempt = self.attempt
+        attempt = self.attempt_number
         count = self.store.key("attempt", attempt, "results")
-        self.results[attempt] = self.store.client.add(count, 0)
+        self.result_counts[attempt] = self.store.client.add(count, 0)
         raw = control.attempt_ended(self.store, attempt)
         if raw is None or attempt in self._told:
             return
         end = self.ends[attempt] = json.loads(raw)
         if end["node"] != self.node_rank or end["kind"] == End.LOST:
-            self._tell(attempt, Stopped(end["reason"], end["code"], end.get("signal")))
+            self._tell(attempt, Halted(end["reason"], end["code"], end.get("signal")))
         else:
             self._told.add(attempt)
 
@@ -160,10 +162,10 @@ class Link:
                 why = f": {self.heartbeat.error}" if self.heartbeat.error else ""
                 reason = (f"cut off from the job's store for {self.timeout:g} s{why}: "
                           f"ending this node's ranks")  # fmt: skip
-                self._tell(self.attempt, Stopped(reason, 1))
+                self._tell(self.attempt_number, Halted(reason, 1))
                 return
 
-    def _tell(self, attempt: int, event: Stopped) -> None:
+    def _tell(self, attempt: int, event: Halted) -> None:
         with self._lock:
             if attempt in self._told:
                 return

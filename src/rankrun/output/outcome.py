@@ -111,8 +111,9 @@ class RankResult(NamedTuple):
         return self.ending.at - self.started_at
 
 
-class Stop(NamedTuple):
-    """Why the job's other nodes ended this node's attempt, and the job's exit code."""
+class Halt(NamedTuple):
+    """An attempt ended by a decision, not by a rank here: a stall under ``--on-stall stop``,
+    or another node's failure, lost node or interrupt. Why, and the job's exit code."""
 
     reason: str
     exit_code: int
@@ -128,8 +129,8 @@ class Attempt(NamedTuple):
     """The signal that made the launcher end this attempt, if one came before it ended."""
     launcher_error: str | None = None
     """Why the launcher itself could not start a rank, if it could not."""
-    stopped: Stop | None = None
-    """Another node ended the attempt: a failure there, a lost node, an interrupt."""
+    halted: Halt | None = None
+    """The decision that ended the attempt, if no rank here failed first."""
 
     @property
     def exit_code(self) -> int:
@@ -138,8 +139,8 @@ class Attempt(NamedTuple):
             return 128 + self.interrupted_by
         if self.cause is not None:
             return self.cause.code
-        if self.stopped is not None:
-            return self.stopped.exit_code
+        if self.halted is not None:
+            return self.halted.exit_code
         return 1 if self.launcher_error else 0
 
 

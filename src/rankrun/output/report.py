@@ -13,14 +13,14 @@ _TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
 _ERROR_STARTS = ("Traceback (most recent", "Fatal Python error: ")
 
 
-def format_report(outcome: Outcome, host: str) -> list[str]:
+def format_report(outcome: Outcome, hostname: str) -> list[str]:
     """The lines that close a run; none when every rank exited 0 on the first attempt."""
     last = outcome.attempts[-1]
     lines: list[str] = []
     if len(outcome.attempts) > 1:
         lines.extend(attempt_line(a) for a in outcome.attempts)
     if last.cause is not None:
-        lines.append(root_cause_line(last.cause, host))
+        lines.append(root_cause_line(last.cause, hostname))
         lines.extend(f"  {line}" for line in error_lines(last.cause))
         cuda = cuda_error_line(last.cause)
         if cuda is not None:
@@ -31,8 +31,8 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
                 f"interrupted: rankrun got {signal_name(last.interrupted_by)} during the "
                 f"teardown of rank {last.cause.rank}'s failure"
             )
-    elif last.stopped is not None:
-        lines.append(f"stopped: {last.stopped.reason}")
+    elif last.halted is not None:
+        lines.append(f"stopped: {last.halted.reason}")
         lines.append(others_line(last))
     elif last.launcher_error is not None:
         lines.append(f"rankrun failed: {last.launcher_error}")
@@ -44,11 +44,12 @@ def format_report(outcome: Outcome, host: str) -> list[str]:
     return lines
 
 
-def root_cause_line(result: RankResult, host: str) -> str:
+def root_cause_line(result: RankResult, hostname: str) -> str:
     pid = f", pid {result.pid}" if result.pid is not None else ""
     gpu = f", GPU {result.gpu}" if result.gpu else ""
     return (
-        f"root cause: rank {result.rank} (local rank {result.local_rank}, host {host}{pid}{gpu}) "
+        f"root cause: rank {result.rank} (local rank {result.local_rank}, "
+        f"host {hostname}{pid}{gpu}) "
         f"{result.ending.words()} after {result.duration:.2f} s"
     )
 

@@ -9,23 +9,23 @@ from rankrun.output.outcome import Attempt, Outcome, RankResult, signal_name
 from rankrun.output.report import error_lines
 
 
-def summary(outcome: Outcome, host: str, run_id: str) -> dict[str, Any]:
+def summary(outcome: Outcome, hostname: str, run_id: str) -> dict[str, Any]:
     last = outcome.attempts[-1]
     cause = None
     if last.cause is not None:
         cause = {**rank_row(last.cause), "error": "\n".join(error_lines(last.cause))}
     return {
         "run_id": run_id,
-        "host": host,
+        "host": hostname,
         "exit_code": outcome.exit_code,
         "root_cause": cause,
         "attempts": [_attempt(a) for a in outcome.attempts],
     }
 
 
-def write_summary(path: str, outcome: Outcome, host: str, run_id: str) -> None:
+def write_summary(path: str, outcome: Outcome, hostname: str, run_id: str) -> None:
     with open(path, "w") as f:
-        json.dump(summary(outcome, host, run_id), f, indent=2)
+        json.dump(summary(outcome, hostname, run_id), f, indent=2)
         f.write("\n")
 
 

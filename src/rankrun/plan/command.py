@@ -19,7 +19,7 @@ def resolve_command(
 
     A ``.py`` file runs as ``python -u`` with the Python that runs rankrun, as torchrun
     runs it, whatever its ``#!`` line says. Anything else that is executable runs directly,
-    as the seed launcher does; a file that lost its run bit runs through its ``#!``
+    as ``torch.distributed.launch`` does; a file that lost its run bit runs through its ``#!``
     interpreter; ``module`` runs ``python -u -m``; ``no_python`` runs as given.
     """
     if module and no_python:

@@ -1,7 +1,9 @@
 """The plan of a run: the job's settings and, for each rank, its argv and environment.
 
-Building a plan is pure: the caller's environment is read once, and each rank's environment
-is built as data and handed to the child as ``env=``.
+Building a plan changes nothing and spawns nothing. It reads the caller's environment once,
+and the machine only where a setting needs it: a free port for ``--standalone``, the topology
+for ``--cpu-bind`` or ``--nproc-per-node gpu``, the script's file, random bytes for the run's
+token. Each rank's environment is built as data and handed to the child as ``env=``.
 """
 
 from __future__ import annotations
@@ -76,15 +78,15 @@ class Plan(NamedTuple):
     output: OutputOptions
     layout: Layout | None
     """Where the log files go, or None without a log directory."""
-    local_rank_arg: bool = False
-    stall_timeout: float | None = None
+    local_rank_arg: bool
+    stall_timeout: float | None
     """--stall-timeout: seconds without output before every rank's stack is shown."""
-    binding: Binding | None = None
+    binding: Binding | None
     """Each local rank's CPUs and OMP_NUM_THREADS, with --cpu-bind."""
-    gpus: tuple[str, ...] = ()
+    gpus: tuple[str, ...]
     """This node's GPUs, as CUDA numbers them for the ranks."""
-    on_stall: str = "dump"
-    token: str = ""
+    on_stall: str
+    token: str
     """Carried by every process of the run, so that what escapes its group can be found."""
     error_dir: str | None = None
     """Without a log directory: the run's own directory for each rank's error.json."""
@@ -168,7 +170,7 @@ def default_error_dir(plan: Plan) -> str:
     return os.path.join(plan.base_env.get("TMPDIR") or "/tmp", f"rankrun-{plan.token}")
 
 
-def usable_cores() -> int:
+def usable_cpus() -> int:
     """Cores this process may run on: its CPU affinity where the OS has one."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -179,7 +181,7 @@ def omp_threads_for(env: Mapping[str, str], nproc_per_node: int) -> int | None:
     """OMP_NUM_THREADS to set: cores shared among local ranks, unless the user chose."""
     if "OMP_NUM_THREADS" in env or nproc_per_node < 2:
         return None
-    return max(1, usable_cores() // nproc_per_node)
+    return max(1, usable_cpus() // nproc_per_node)
 
 
 def build_plan(

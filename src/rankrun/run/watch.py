@@ -32,8 +32,8 @@ class Signalled(NamedTuple):
     signum: int
 
 
-class Stopped(NamedTuple):
-    """Another node has ended the job: this node's ranks must go too."""
+class Halted(NamedTuple):
+    """Another node has halted the job: this node's ranks must go too."""
 
     reason: str
     exit_code: int
@@ -41,7 +41,7 @@ class Stopped(NamedTuple):
     """The signal that interrupted the job there, which a scheduler sends this node too."""
 
 
-Event = Exited | Signalled | Stopped
+Event = Exited | Signalled | Halted
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:
@@ -106,7 +106,7 @@ class Watch:
         """Keep SIGTSTP pending, to be read here and let through by ``pause()``; see job_control."""
         self.job.hold()
 
-    def stop_pending(self) -> bool:
+    def suspend_pending(self) -> bool:
         """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after the last SIGTSTP."""
         return self.job.pending()
 

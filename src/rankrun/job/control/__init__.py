@@ -83,8 +83,8 @@ from rankrun.job.control.store import (
     Stranger,
     announce,
     connect,
-    host,
     read_job,
+    serve,
     torch_distributed,
 )
 
@@ -116,12 +116,12 @@ __all__ = [
     "failures",
     "first_failure",
     "gather_results",
-    "host",
     "interrupted",
     "join",
     "publish_failure",
     "publish_interrupt",
     "publish_result",
     "read_job",
+    "serve",
     "torch_distributed",
 ]

@@ -22,7 +22,7 @@ class FailureFact(NamedTuple):
     """One rank's failure, published by its agent."""
 
     node_rank: int
-    host: str
+    hostname: str
     rank: int
     local_rank: int
     pid: int
@@ -36,7 +36,7 @@ class NodeResult(NamedTuple):
     """One node's end of an attempt, for node 0's job-wide report."""
 
     node_rank: int
-    host: str
+    hostname: str
     pid: int
     exit_code: int
     ranks: tuple[dict[str, Any], ...]  # summary rows, as --summary-json writes them

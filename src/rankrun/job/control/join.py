@@ -41,10 +41,11 @@ class JoinTimeout(JoinError):
 
 
 class NodeInfo(NamedTuple):
-    """One agent, as it joins. All fields but node_rank, host and pid must agree across nodes."""
+    """One agent, as it joins. All fields but node_rank, hostname and pid must agree across
+    nodes."""
 
     node_rank: int
-    host: str
+    hostname: str
     pid: int
     nnodes: int
     nproc_per_node: int
@@ -96,13 +97,13 @@ def join(
     while not call.wait(min(1.0, max(0.0, limit - time.monotonic()))):
         _drain(notes, on_wait)
         if time.monotonic() >= limit:
-            raise Unresponsive(f"node 0's store stopped answering while {me.host} joined")
+            raise Unresponsive(f"node 0's store stopped answering while {me.hostname} joined")
     _drain(notes, on_wait)
     try:
         return call.result()
     except RuntimeError as e:  # DistNetworkError: the store's process is gone
         raise Unresponsive(
-            f"node 0's store closed while {me.host} joined ({first_line(e)}): node 0 stopped "
+            f"node 0's store closed while {me.hostname} joined ({first_line(e)}): node 0 stopped "
             "or failed, and its output says why"
         ) from None
 
@@ -223,8 +224,8 @@ def _disagreement(nodes: Sequence[NodeInfo], ranks: Sequence[int]) -> str:
 
 def _duplicate(first: NodeInfo, second: NodeInfo) -> str:
     return (
-        f"--node-rank {first.node_rank} is claimed by two agents (host {first.host} pid "
-        f"{first.pid}, host {second.host} pid {second.pid}): give each node its own --node-rank"
+        f"--node-rank {first.node_rank} is claimed by two agents (host {first.hostname} pid "
+        f"{first.pid}, host {second.hostname} pid {second.pid}): give each node its own --node-rank"
     )
 
 
@@ -238,5 +239,5 @@ def _not_joined(missing: list[int], counter: str, me: NodeInfo) -> str:
 def _late(job: JobInfo, me: NodeInfo) -> str:
     return (
         f"its {job.nnodes} nodes have all joined, and this agent (--node-rank {me.node_rank} "
-        f"on {me.host}) is not one of them"
+        f"on {me.hostname}) is not one of them"
     )

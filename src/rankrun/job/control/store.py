@@ -35,7 +35,7 @@ class JobInfo(NamedTuple):
     """What node 0 announces at ``rankrun/job``: enough for a stranger to know it is one."""
 
     run_id: str
-    host: str
+    hostname: str
     port: int
     started: str  # node 0's local time, for people to read; never compared
     nnodes: int
@@ -77,7 +77,7 @@ def torch_distributed() -> Any:
             del os.environ["TORCH_CPP_LOG_LEVEL"]
 
 
-def host(addr: str, port: int, *, timeout: float = 30.0) -> Any:
+def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
     """Node 0: serve the store on every interface at ``port`` (0: a free one, see ``.port``).
 
     torch's server connects to itself at ``addr``, so ``addr`` must reach this host.
@@ -161,7 +161,7 @@ def _why(error: RuntimeError) -> str:
 
 
 def announce(client: Any, job: JobInfo) -> None:
-    """Node 0, right after ``host``: say whose store this is.
+    """Node 0, right after ``serve``: say whose store this is.
 
     The server's own client connects at --master-addr; where that is another host running a
     rankrun job, the key is already there, and it is left as it is.
@@ -188,6 +188,6 @@ def read_job(client: Any, timeout: float = JOB_KEY_WAIT) -> JobInfo:
 
 def held_by(job: JobInfo, this: str) -> str:
     return (
-        f"port {job.port} on {job.host} is held by rankrun job {job.run_id} "
+        f"port {job.port} on {job.hostname} is held by rankrun job {job.run_id} "
         f"(started {job.started}); {this}: use another --master-port"
     )
