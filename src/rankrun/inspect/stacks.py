@@ -7,7 +7,8 @@ deadline. A rank that is not itself Python, such as a shell script that runs
 names its fix: py-spy missing, ptrace refused, the process gone, not Python.
 
 This module is for the ``stacks`` command and the stall watchdog, not the launch path, so
-it imports what it needs freely.
+it imports what it needs freely. It is long for one idea: finding each rank's Python
+processes, running py-spy on them under one deadline, and wording each way that fails.
 """
 
 from __future__ import annotations

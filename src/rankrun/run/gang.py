@@ -1,6 +1,8 @@
 """The gang: one attempt's decisions. Start every rank, watch them, end them together.
 
-Every decision is made here, and the world is touched only through a ``Host``.
+Every decision is made here, and the world is touched only through a ``Host``. The module
+is long for one idea: the decisions of start, teardown, Ctrl-Z and the stall watchdog share
+one loop's state, and splitting them would spread that state across files.
 """
 
 from __future__ import annotations
