@@ -213,6 +213,21 @@ def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
     assert (runs.workdir / "c/r/attempt_0/rank_0/stdout.log").read_text() == "out 0\n"
 
 
+def test_tee_shows_a_stream_that_redirects_also_names(runs: Runs) -> None:
+    # PyTorch's test_run.py::test_capture_logs_using_default_logs_specs: --redirect=3 --tee=3.
+    runs.script("rank.sh", "echo creating $RANK; echo err $RANK >&2\n")
+    result = runs.gang(2, "-r", "3", "-t", "3", "--log-dir", "a", "--run-id", "r", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["[rank0]: creating 0", "[rank1]: creating 1"]
+    assert "[rank1]: err 1" in result.stderr.splitlines()
+    assert (runs.workdir / "a/r/attempt_0/rank_1/stdout.log").read_text() == "creating 1\n"
+    assert (runs.workdir / "a/r/attempt_0/rank_1/stderr.log").read_text() == "err 1\n"
+
+    result = runs.gang(2, "-r", "3", "-t", "0:1", "--log-dir", "b", "--run-id", "r", "./rank.sh")
+    assert result.stdout.splitlines() == ["[rank0]: creating 0"]
+    assert "err" not in result.stderr
+
+
 def test_redirects_without_log_dir_use_a_temporary_one(runs: Runs) -> None:
     runs.script("rank.sh", "echo out\n")
     runs.env["TMPDIR"] = str(runs.workdir / "tmp")
