@@ -139,6 +139,8 @@ class Plan(NamedTuple):
             TORCHELASTIC_MAX_RESTARTS=str(self.max_restarts),
             TORCHELASTIC_RUN_ID=self.run_id,
         )
+        if self.nnodes > 1:  # each attempt's ranks meet at the workers' store node 0 hosts
+            env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
         env[TOKEN_VAR] = self.token
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
