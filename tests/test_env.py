@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
+import pytest
 from conftest import Runs
 
 from rankrun.plan.ports import free_port
@@ -102,3 +105,56 @@ def test_torchruns_fixed_nnodes_range_is_accepted(runs: Runs) -> None:
     node0.communicate(timeout=60)
     assert (result.returncode, node0.returncode) == (0, 0), result.stderr
     assert _envs(runs, 2)[1]["GROUP_WORLD_SIZE"] == "2"
+
+
+# Rank 0 holds MASTER_PORT, as a store would, until rank 0 of both runs holds its own.
+PORT_HOLDING_RANK = """
+import os, pathlib, socket, sys, time
+run, port = sys.argv[-1], os.environ["MASTER_PORT"]
+pathlib.Path(f"port.{run}.{os.environ['RANK']}").write_text(port)
+if os.environ["RANK"] == "0":
+    held = socket.socket()
+    held.bind(("", int(port)))
+    held.listen()
+    pathlib.Path(f"held.{run}").touch()
+    deadline = time.monotonic() + 20
+    while len(list(pathlib.Path().glob("held.*"))) < 2:
+        assert time.monotonic() < deadline, "the other run's rank 0 never held its port"
+        time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("module", ["rankrun", "rankrun.launch"])
+def test_two_single_node_runs_without_a_port_each_pick_a_free_one(runs: Runs, module: str) -> None:
+    # As torch 2.13's torchrun and torch.distributed.launch do, where 29500 made them collide.
+    runs.script("holder.py", PORT_HOLDING_RANK, executable=False)
+    for name in ("MASTER_PORT", "PET_MASTER_PORT"):
+        runs.env.pop(name, None)
+    launchers = [
+        subprocess.Popen([sys.executable, "-m", module, "--nproc-per-node", "2", "holder.py", run],
+                         env=runs.env, cwd=runs.workdir, stderr=subprocess.PIPE, text=True)
+        for run in ("a", "b")
+    ]  # fmt: skip
+    errors = [launcher.communicate(timeout=60)[1] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], errors
+    ports = {p.name: p.read_text() for p in runs.workdir.glob("port.*")}
+    assert ports["port.a.0"] == ports["port.a.1"] != ports["port.b.0"] == ports["port.b.1"]
+    assert "29500" not in ports.values()
+
+
+def test_a_port_given_keeps_its_meaning(runs: Runs) -> None:
+    runs.script("rank.sh", DUMP_ENV)
+    given = [str(free_port()) for _ in range(3)]
+    runs.env["MASTER_PORT"] = given[2]
+    runs.env["PET_MASTER_PORT"] = given[1]
+    for flags, port in ((["--master-port", given[0]], given[0]), ([], given[1])):
+        assert runs.run(*flags, "./rank.sh").returncode == 0
+        assert _envs(runs, 1)[0]["MASTER_PORT"] == port
+        (runs.workdir / "env.0").unlink()
+    del runs.env["PET_MASTER_PORT"]
+    assert runs.run("./rank.sh").returncode == 0
+    assert _envs(runs, 1)[0]["MASTER_PORT"] == given[2]
+    # Across nodes, torchrun's 29500 stays the port no one gave.
+    del runs.env["MASTER_PORT"]
+    shown = runs.run("--dry-run", "--nnodes", "2", "--node-rank", "1", "./rank.sh").stdout
+    assert " MASTER_PORT=29500 " in shown

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -299,3 +302,51 @@ def test_every_node_logs_under_node_0s_run_id(runs: Runs) -> None:
     (run_dir,) = (runs.workdir / "logs").iterdir()
     assert sorted(p.name for p in (run_dir / "attempt_0").iterdir()) == ["rank_0", "rank_1"]
     assert (run_dir / "events.log").read_text().count("logs in logs/") == 2, "one per node"
+
+
+# Notes its environment, then raises under torch's @record with its stderr gone, so that
+# the error can reach the report only through TORCHELASTIC_ERROR_FILE.
+RECORDED_RANK = """
+import json, os
+from torch.distributed.elastic.multiprocessing.errors import record
+
+@record
+def main():
+    with open(f"tmp.{os.environ['RANK']}", "w") as f:
+        json.dump(dict(os.environ), f)
+    os.rename(f"tmp.{os.environ['RANK']}", f"env.{os.environ['RANK']}")
+    if os.environ["RANK"] == "1":
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        raise ValueError("shard 7 is missing")
+
+main()
+"""
+
+
+def test_ranks_on_every_node_get_an_error_file_and_the_env_dry_run_shows(runs: Runs) -> None:
+    runs.script("recorded.py", RECORDED_RANK, executable=False)
+    job = Job(runs, 2, "--run-id", "rec")
+    shown = [_dry_run_env(runs, job.argv(node)[:-1] + ["recorded.py"]) for node in (0, 1)]
+    for node in (0, 1):
+        job.agents.append(runs.start(*job.argv(node)[:-1], "recorded.py"))
+    (code0, err0), (code1, err1) = job.finish()
+    assert (code0, code1) == (1, 1), err0
+    assert "ValueError: shard 7 is missing" in err0[err0.index("root cause") :]
+    anew = ("MASTER_PORT", "RANKRUN_RUN_TOKEN", "TORCHELASTIC_ERROR_FILE")
+    for rank in (0, 1):
+        real = json.loads((runs.workdir / f"env.{rank}").read_text())
+        assert real["TORCHELASTIC_ERROR_FILE"].endswith(f"/error_0_{rank}.json")
+        assert real["TORCHELASTIC_USE_AGENT_STORE"] == "True"
+        set_by_rankrun = {k: v for k, v in real.items() if runs.env.get(k) != v}
+        assert set_by_rankrun.keys() == shown[rank].keys()
+        assert {k: v for k, v in set_by_rankrun.items() if k not in anew} == {
+            k: v for k, v in shown[rank].items() if k not in anew
+        }
+
+
+def _dry_run_env(runs: Runs, argv: list[str]) -> dict[str, str]:
+    """The environment --dry-run shows for the node's one rank."""
+    result = runs.run("--dry-run", *argv)
+    assert result.returncode == 0, result.stderr
+    (row,) = result.stdout.splitlines()[1:]
+    return dict(v.split("=", 1) for v in shlex.split(re.split(r" {2,}", row, maxsplit=4)[4]))

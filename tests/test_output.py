@@ -213,6 +213,21 @@ def test_redirects_send_to_files_only_and_tee_to_both(runs: Runs) -> None:
     assert (runs.workdir / "c/r/attempt_0/rank_0/stdout.log").read_text() == "out 0\n"
 
 
+def test_tee_shows_a_stream_that_redirects_also_names(runs: Runs) -> None:
+    # PyTorch's test_run.py::test_capture_logs_using_default_logs_specs: --redirect=3 --tee=3.
+    runs.script("rank.sh", "echo creating $RANK; echo err $RANK >&2\n")
+    result = runs.gang(2, "-r", "3", "-t", "3", "--log-dir", "a", "--run-id", "r", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["[rank0]: creating 0", "[rank1]: creating 1"]
+    assert "[rank1]: err 1" in result.stderr.splitlines()
+    assert (runs.workdir / "a/r/attempt_0/rank_1/stdout.log").read_text() == "creating 1\n"
+    assert (runs.workdir / "a/r/attempt_0/rank_1/stderr.log").read_text() == "err 1\n"
+
+    result = runs.gang(2, "-r", "3", "-t", "0:1", "--log-dir", "b", "--run-id", "r", "./rank.sh")
+    assert result.stdout.splitlines() == ["[rank0]: creating 0"]
+    assert "err" not in result.stderr
+
+
 def test_redirects_without_log_dir_use_a_temporary_one(runs: Runs) -> None:
     runs.script("rank.sh", "echo out\n")
     runs.env["TMPDIR"] = str(runs.workdir / "tmp")
@@ -376,3 +391,37 @@ def test_a_console_that_goes_away_does_not_end_the_run(runs: Runs) -> None:
     assert launcher.returncode == 0, err
     assert "Traceback" not in err
     assert len(list(runs.workdir.glob("done.*"))) == 2
+
+
+# Writes to both streams (a failed write exits 5), notes where they lead, and exits 3 once
+# every rank has.
+STDIO_RANK = """
+    echo "out $RANK" || exit 5
+    echo "err $RANK" >&2 || exit 5
+    readlink /proc/$$/fd/1 /proc/$$/fd/2 > "tmp.$RANK" && mv "tmp.$RANK" "fds.$RANK"
+    until [ "$(ls fds.* | wc -l)" = "$WORLD_SIZE" ]; do sleep 0.01; done
+    exit 3
+"""
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+@pytest.mark.parametrize(
+    "ranks", [["1"], ["2"], ["2", "--no-prefix"]], ids=["single", "labelled", "no-prefix"]
+)
+def test_a_closed_stdout_or_stderr_becomes_dev_null(
+    runs: Runs, closed: int, ranks: list[str]
+) -> None:
+    # `rankrun ... >&-`: Python leaves sys.stdout None, and a rank must not inherit a hole.
+    runs.script("rank.sh", STDIO_RANK)
+    argv = runs.argv("--master-port", "0", "--nproc-per-node", *ranks, "./rank.sh")
+    launcher = subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, text=True,
+                                stdout=None if closed == 1 else subprocess.PIPE,
+                                stderr=None if closed == 2 else subprocess.PIPE,
+                                preexec_fn=lambda: os.close(closed))  # fmt: skip
+    out, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 3, (out, err)
+    assert "Traceback" not in (out or err)
+    for fds in runs.wait_for_files("fds.*", int(ranks[0]), timeout=1):
+        leads = fds.read_text().split()
+        assert len(leads) == 2, leads
+        assert leads[closed - 1] == "/dev/null" or leads[closed - 1].startswith("pipe:"), leads

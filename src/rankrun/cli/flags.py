@@ -69,7 +69,12 @@ _JOB = (
     Flag(("--nnodes",), "number of nodes (N, or torchrun's N:N)", type=_nnodes),
     Flag(("--node-rank",), "this node's rank, 0 to nnodes-1", type=int),
     Flag(("--master-addr",), "node 0's host"),
-    Flag(("--master-port",), "node 0's port; 0 picks a free one (one node only)", type=int),
+    Flag(
+        ("--master-port",),
+        "node 0's port (default: MASTER_PORT, else a free one on one "
+        "node and 29500 across nodes); 0 picks a free one (one node only)",
+        type=int,
+    ),
     Flag(("--standalone",), "one node, on a free port", switch=True),
     Flag(("--max-restarts",), "restart the whole job up to N times after a failure", type=int),
     Flag(

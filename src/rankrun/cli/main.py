@@ -41,12 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open_stdio() -> None:
-    """Put /dev/null on a closed fd 0, 1 or 2 (``rankrun ... >&-``), so no pipe lands there."""
-    for fd in (0, 1, 2):
+    """Put /dev/null on a closed fd 0, 1 or 2 (``rankrun ... >&-``), as the README promises.
+
+    The ranks inherit it, so no pipe or log file lands on their fd, and ``sys`` gets a stream
+    in place of the None Python leaves there.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:
             os.fstat(fd)
         except OSError:
-            os.open(os.devnull, os.O_RDWR)
+            os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
+            os.set_inheritable(fd, True)
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -3,7 +3,7 @@
 One row per rank: its global and local rank, its argv, and each variable of its environment
 that rankrun sets or changes, shell-quoted. The plan is built as for a real run, so bad input
 gives the same one-line errors; a chosen free port and the run's token are this plan's, and
-a real run picks its own.
+a real run picks its own (across nodes, each attempt's ranks meet at a port node 0 opens then).
 """
 
 from __future__ import annotations

@@ -119,9 +119,8 @@ class Agent:
             self.store.client.set(key, str(self._workers.port))
         raw = control.bounded(lambda: self.store.clone().client.get(key),
                               self.plan.rendezvous.join_timeout, "the workers' store")  # fmt: skip
-        env = {**self.plan.base_env, "TORCHELASTIC_USE_AGENT_STORE": "True"}
         meeting = self.plan.rendezvous._replace(master_port=int(raw))
-        return self.plan._replace(rendezvous=meeting, base_env=env)
+        return self.plan._replace(rendezvous=meeting)
 
     def _result(self, attempt: Attempt) -> control.NodeResult:
         from rankrun.output.summary import rank_row

@@ -37,6 +37,16 @@ def launch(
     if options.dry_run:
         raise UsageError("dry_run is the command's: build_plan() shows what a run would do")
     plan = build_plan(script, args, options, env)
+    if plan.layout is None:
+        plan = plan._replace(error_dir=_make_error_dir(plan))
+    try:
+        return _launch(plan, script, args, options)
+    finally:
+        if plan.error_dir is not None:
+            _remove_error_dir(plan.error_dir)
+
+
+def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> Outcome:
     printer = Printer(timestamps=options.timestamps)
     agent = None
     if plan.nnodes > 1:
@@ -44,9 +54,7 @@ def launch(
 
         agent = start_threads(lambda: _join(plan, script, args, options, printer))
         plan = agent.plan  # its run id may be node 0's, and with it the log directory
-    if plan.layout is None:
-        plan = plan._replace(error_dir=_make_error_dir(plan))
-    else:
+    if plan.layout is not None:
         _make_log_root(plan.layout.root, options)
         printer.events_to(plan.layout.events)
     outcome = None
@@ -75,8 +83,6 @@ def launch(
         printer.close()
         if agent is not None:
             agent.close()
-        if plan.error_dir is not None:
-            _remove_error_dir(plan.error_dir)
     return outcome
 
 

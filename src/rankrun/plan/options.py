@@ -13,7 +13,8 @@ class Options(NamedTuple):
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int | None = None
+    """None: on one node a free port, as torchrun picks; across nodes torchrun's 29500."""
     standalone: bool = False
     rdzv_backend: str = "static"
     rdzv_endpoint: str = ""

@@ -153,6 +153,8 @@ class Plan(NamedTuple):
             TORCHELASTIC_MAX_RESTARTS=str(self.max_restarts),
             TORCHELASTIC_RUN_ID=self.run_id,
         )
+        if self.nnodes > 1:  # each attempt's ranks meet at the workers' store node 0 hosts
+            env["TORCHELASTIC_USE_AGENT_STORE"] = "True"
         env[TOKEN_VAR] = self.token
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -192,7 +194,7 @@ def build_plan(
     _check_numbers(o)
     nproc = _nproc(o.nproc_per_node, base_env)
     check_limits(nproc)
-    meeting = rendezvous(o)
+    meeting = rendezvous(o, base_env)
     check_host(meeting.master_addr, "--master-addr")
     run_id = o.run_id or _new_run_id()
     check_run_id(run_id)
@@ -234,7 +236,8 @@ def _check_numbers(o: Options) -> None:
         f"--node-rank {o.node_rank} is outside [0, {o.nnodes}) for --nnodes {o.nnodes}: "
         f"number the nodes 0 to {o.nnodes - 1}",
     )
-    check(0 <= o.master_port <= 65535, f"--master-port {o.master_port} is outside 0..65535")
+    port = o.master_port
+    check(port is None or 0 <= port <= 65535, f"--master-port {port} is outside 0..65535")
     check(o.max_restarts >= 0, f"--max-restarts must be 0 or more, not {o.max_restarts}")
     check_seconds(o.shutdown_timeout, "--shutdown-timeout", low=0, high=MAX_SHUTDOWN_TIMEOUT)
     check(not (o.standalone and o.nnodes != 1), "--standalone runs one node: drop one of them")

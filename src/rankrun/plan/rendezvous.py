@@ -7,12 +7,15 @@ may carry ``join_timeout``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rankrun.base.errors import UsageError
 from rankrun.base.values import NamedTuple
 from rankrun.plan.checks import check, check_seconds
 from rankrun.plan.options import Options
 
 _C10D_PORT = 29400  # torchrun's default for an endpoint without a port
+_NODES_PORT = 29500  # torchrun's default port across nodes, when none is given
 
 
 class Rendezvous(NamedTuple):
@@ -22,6 +25,8 @@ class Rendezvous(NamedTuple):
     join_timeout: float
     node_timeout: float
     local_addr: str | None
+    port_given_as: str = "--master-port "
+    """How the port was given, before its number in an error: ``MASTER_PORT=`` too."""
 
     def with_port_chosen(self, standalone: bool) -> Rendezvous:
         """A single node's port: a free one for 0 or --standalone, else a free given one."""
@@ -31,14 +36,14 @@ class Rendezvous(NamedTuple):
             return self._replace(master_port=free_port())
         check(
             not port_in_use(self.master_port),
-            f"--master-port {self.master_port} is already in use on this host, perhaps by a "
-            "stale run: end it, or pass --master-port 0 to pick a free port",
+            f"{self.port_given_as}{self.master_port} is already in use on this host, perhaps by "
+            "a stale run: end it, or pass --master-port 0 to pick a free port",
         )
         return self
 
 
-def rendezvous(o: Options) -> Rendezvous:
-    addr, port = o.master_addr, o.master_port
+def rendezvous(o: Options, env: Mapping[str, str]) -> Rendezvous:
+    addr, (port, given_as) = o.master_addr, _master_port(o, env)
     if o.rdzv_endpoint:
         addr, port = _endpoint(o.rdzv_endpoint)
     conf = _conf(o.rdzv_conf)
@@ -50,7 +55,28 @@ def rendezvous(o: Options) -> Rendezvous:
         "--master-port 0 needs one node: give every node the same fixed port",
     )
     check(o.rdzv_backend in ("static", "c10d"), f"--rdzv-backend {o.rdzv_backend}: use c10d")
-    return Rendezvous(o.rdzv_backend, addr, port, join_timeout, o.node_timeout, o.local_addr)
+    return Rendezvous(
+        o.rdzv_backend, addr, port, join_timeout, o.node_timeout, o.local_addr, given_as
+    )
+
+
+def _master_port(o: Options, env: Mapping[str, str]) -> tuple[int, str]:
+    """The port given by flag, ``PET_MASTER_PORT`` or ``MASTER_PORT``, and where. None given:
+    on one node, 0 for a free one, as torch 2.13's torchrun does; across nodes, 29500."""
+    if o.master_port is not None:
+        return o.master_port, "--master-port "
+    if "MASTER_PORT" not in env:
+        return (0 if o.nnodes == 1 else _NODES_PORT), "--master-port "
+    value = env["MASTER_PORT"]
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    check(
+        0 <= port <= 65535,
+        f"MASTER_PORT={value!r} in the environment: give a port, 0 to 65535, or unset it",
+    )
+    return port, "MASTER_PORT="
 
 
 def _endpoint(value: str) -> tuple[str, int]:

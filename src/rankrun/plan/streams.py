@@ -141,13 +141,14 @@ def rank_routes(
     shown = options.local_ranks_filter is None or local_rank in options.local_ranks_filter
     labelled = options.prefix and world_size > 1
     redirected = options.redirects.mask(local_rank)
+    consoled = ~redirected | options.tee.mask(local_rank)  # as torchrun: -t beats -r
     if options.redirects.used or options.tee.used:
         filed = redirected | options.tee.mask(local_rank)
     else:
         filed = 3 if files else 0
     out, err = (
         Route(
-            console=shown and not redirected & stream,
+            console=shown and bool(consoled & stream),
             labelled=labelled,
             stamped=options.timestamps,
             file=files[stream] if files and filed & stream else None,
