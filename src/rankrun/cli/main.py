@@ -65,15 +65,19 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def _launch(args: Sequence[str]) -> int:
-    from rankrun.cli.command_line import parse
+    from rankrun.base.errors import UsageError
+    from rankrun.cli.command_line import blame_environment, parse
     from rankrun.job import launcher
 
     command = parse(args, os.environ)
     for note in command.notes:
         print(f"rankrun: {note}", file=sys.stderr)
-    if command.options.dry_run:
-        return _dry_run(command.script, command.args, command.options)
-    return launcher.launch(command.script, command.args, command.options).exit_code
+    try:
+        if command.options.dry_run:
+            return _dry_run(command.script, command.args, command.options)
+        return launcher.launch(command.script, command.args, command.options).exit_code
+    except UsageError as e:
+        raise UsageError(blame_environment(str(e), command)) from None
 
 
 def _dry_run(script: str, args: Sequence[str], options: Options) -> int:
