@@ -51,6 +51,22 @@ CASES = {
     "summary_in_no_directory": (["--summary-json", "nodir/s.json"], "nodir does not exist"),
     "etcd_backend": (["--rdzv-backend", "etcd"], "invalid choice"),
     "endpoint_port": (["--rdzv-endpoint", "host:abc"], "give HOST:PORT"),
+    "endpoint_bare_ipv6": (
+        ["--rdzv-endpoint", "::1"],
+        "'::1': put an IPv6 address in brackets, as [::1]:PORT",
+    ),
+    "endpoint_open_bracket": (
+        ["--rdzv-endpoint", "[::1"],
+        "'[::1': close the bracket, as [::1]:PORT",
+    ),
+    "endpoint_no_host": (
+        ["--rdzv-endpoint", ":32001"],
+        "--rdzv-endpoint ':32001': name node 0's host",
+    ),
+    "endpoint_unknown_host": (
+        ["--rdzv-endpoint", "no-such-host.invalid:29400"],
+        "--rdzv-endpoint no-such-host.invalid: no such host",
+    ),
     "rdzv_conf": (["--rdzv-conf", "join_timeout"], "give key=value pairs"),
     "stall_timeout_0": (["--stall-timeout", "0"], "--stall-timeout 0 is outside"),
     "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master-port 0 needs one"),
