@@ -49,6 +49,7 @@ CASES = {
     "log_dir_not_utf8": (["--log-dir", "logs\udcff"], "is not valid UTF-8"),
     "summary_is_a_directory": (["--summary-json", "."], "is a directory"),
     "summary_in_no_directory": (["--summary-json", "nodir/s.json"], "nodir does not exist"),
+    "summary_name_too_long": (["--summary-json", "s" * 300], "the file name is 300 bytes long"),
     "etcd_backend": (["--rdzv-backend", "etcd"], "invalid choice"),
     "endpoint_port": (["--rdzv-endpoint", "host:abc"], "give HOST:PORT"),
     "endpoint_bare_ipv6": (

@@ -57,6 +57,20 @@ def check_new_file(path: str, flag: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     check(os.path.isdir(parent), f"{flag} {path}: {parent} does not exist: create it first")
     check(os.access(parent, os.W_OK | os.X_OK), f"{flag} {path}: {parent} is not writable")
+    _check_name_length(path, parent, flag)
+
+
+def _check_name_length(path: str, parent: str, flag: str) -> None:
+    """A name too long for the file system would fail only when the file is written."""
+    name = len(os.fsencode(os.path.basename(path)))
+    try:
+        most = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return  # the file system does not say
+    check(
+        name <= most,
+        f"{flag}: the file name is {name} bytes long, and {parent} allows {most}: shorten it",
+    )
 
 
 def check_log_root(root: str) -> None:
