@@ -124,6 +124,10 @@ def test_scripts_that_cannot_run(
     _assert_usage_error(runs, [name], message)
 
 
+def test_a_script_named_with_a_newline_is_one_quoted_line(runs: Runs) -> None:
+    _assert_usage_error(runs, ["no\nsuch.py"], "training script 'no'$'\\n''such.py' does not")
+
+
 def test_no_python_program_not_on_path(runs: Runs) -> None:
     _assert_usage_error(runs, ["--no-python", "no-such-program-xyz"], "not found on PATH")
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
+from rankrun.base.quoting import quote
 from rankrun.output.outcome import Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
@@ -103,7 +104,7 @@ def _make_log_root(root: str, options: Options) -> None:
         os.makedirs(root, exist_ok=True)
     except OSError as e:
         flag = "--log-dir" if options.log_dir is not None else "-r/-t (in $TMPDIR)"
-        raise UsageError(f"{flag}: cannot create {root}: {e.strerror}") from None
+        raise UsageError(f"{flag}: cannot create {quote(root)}: {e.strerror}") from None
 
 
 def _make_error_dir(plan: Plan) -> str | None:
@@ -135,7 +136,7 @@ def _end_escaped(host: Host, printer: Printer) -> None:
 
 def _announce(plan: Plan, printer: Printer) -> None:
     if plan.layout is not None:
-        printer.event(f"logs in {plan.layout.root}")
+        printer.event(f"logs in {quote(plan.layout.root)}")
     if plan.omp_num_threads is not None:
         printer.event(
             f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cores()} "
@@ -157,4 +158,5 @@ def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) 
         try:
             write_summary(options.summary_json, outcome, host, plan.run_id)
         except OSError as e:
-            printer.event(f"could not write --summary-json {options.summary_json}: {e.strerror}")
+            path = quote(options.summary_json)
+            printer.event(f"could not write --summary-json {path}: {e.strerror}")
