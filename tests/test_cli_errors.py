@@ -76,6 +76,11 @@ CASES = {
     "negative_restarts": (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
     "standalone_multinode": (["--standalone", "--nnodes", "2"], "--standalone runs one node"),
     "unknown_flag": (["--nproc-per-nodes", "2"], "unrecognized arguments"),
+    "misspelt_flag": (
+        ["--nprc", "2"],
+        "unrecognized arguments: --nprc; did you mean --nproc-per-node? (see rankrun --help)",
+    ),
+    "no_such_flag": (["--frobnicate", "2"], "unrecognized arguments: --frobnicate (see"),
     "ambiguous_abbreviation": (["--no", "2"], "ambiguous option"),
 }
 
@@ -133,8 +138,10 @@ def test_no_python_program_not_on_path(runs: Runs) -> None:
     _assert_usage_error(runs, ["--no-python", "no-such-program-xyz"], "not found on PATH")
 
 
-def test_missing_script_argument(runs: Runs) -> None:
-    _assert_usage_error(runs, ["--nproc_per_node", "2"], "training_script")
+@pytest.mark.parametrize("args", [[], ["--nproc_per_node", "2"]])
+def test_missing_script_argument(runs: Runs, args: list[str]) -> None:
+    message = "no training script: give one, as rankrun [FLAGS] train.py [ARGS]"
+    _assert_usage_error(runs, args, message)
 
 
 def test_a_log_dir_that_cannot_be_made_is_one_line_before_any_rank(runs: Runs) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
 from rankrun.base.values import NamedTuple
-from rankrun.cli.flags import GROUPS, Flag, by_spelling, dest, spellings
+from rankrun.cli.flags import GROUPS, PROG, Flag, by_spelling, dest, spellings
 from rankrun.plan.options import Options
 
 TYPE_CHECKING = False
@@ -36,17 +36,18 @@ class CommandLine(NamedTuple):
     """Each flag a ``PET_*`` variable gave, with the variable as ``PET_NNODES='0'``."""
 
 
-def parse(argv: Sequence[str], env: Mapping[str, str]) -> CommandLine:
+def parse(argv: Sequence[str], env: Mapping[str, str], prog: str = PROG) -> CommandLine:
     """The command line as a script, its arguments and every setting; raises UsageError.
 
-    A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step.
+    A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step. ``prog``
+    names the command in its help and its mistakes.
     """
     argv = list(argv)
     plain = _read_plain(argv)
     if plain is None:
         from rankrun.cli.flag_parser import read
 
-        plain = read(argv)
+        plain = read(argv, prog)
     given, script, args = plain
     # A flag without effect still reads its variable: a value that does not parse is a mistake.
     from_environment = tuple(

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     Read = tuple[dict[str, Any], str, list[str]]
     """What a command line gives: its settings by ``Options`` field, the script, its arguments."""
 
+PROG = "rankrun"
+LAUNCH_PROG = "python -m rankrun.launch"
+"""torch.distributed.launch's command line: ``rankrun --local-rank-arg``."""
 _NPROC_WORDS = ("auto", "cpu", "gpu")
 _IGNORED = "accepted for torchrun and ignored: "
 

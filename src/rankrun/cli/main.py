@@ -22,12 +22,13 @@ if TYPE_CHECKING:
     from rankrun.plan.options import Options
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "rankrun") -> int:
+    """The command; ``prog`` names it in its help (``python -m rankrun.launch``)."""
     for signum in TERMINATING:
         signal.signal(signum, interrupt)
     _open_stdio()
     try:
-        code = _run(argv)
+        code = _run(argv, prog)
     except Interrupted as e:
         print(f"rankrun: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
@@ -49,7 +50,7 @@ def _open_stdio() -> None:
             os.open(os.devnull, os.O_RDWR)
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None, prog: str) -> int:
     from rankrun.base.errors import UsageError
 
     args = sys.argv[1:] if argv is None else list(argv)
@@ -58,18 +59,18 @@ def _run(argv: Sequence[str] | None) -> int:
             from rankrun.inspect.inquiry import main as inquire
 
             return inquire(args)
-        return _launch(args)
+        return _launch(args, prog)
     except UsageError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2
 
 
-def _launch(args: Sequence[str]) -> int:
+def _launch(args: Sequence[str], prog: str) -> int:
     from rankrun.base.errors import UsageError
     from rankrun.cli.command_line import blame_environment, parse
     from rankrun.job import launcher
 
-    command = parse(args, os.environ)
+    command = parse(args, os.environ, prog)
     for note in command.notes:
         print(f"rankrun: {note}", file=sys.stderr)
     try:
