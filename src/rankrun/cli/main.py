@@ -15,7 +15,13 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from rankrun.run.watch import TERMINATING, Interrupted, interrupt
+from rankrun.run.watch import (
+    TERMINATING,
+    Interrupted,
+    forget_interrupt,
+    interrupt,
+    raise_unraised,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,12 +30,15 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "rankrun") -> int:
     """The command; ``prog`` names it in its help (``python -m rankrun.launch``)."""
-    for signum in TERMINATING:
-        signal.signal(signum, interrupt)
-    _open_stdio()
     try:
+        for signum in TERMINATING:  # a signal may land between two of these
+            signal.signal(signum, interrupt)
+        sys.unraisablehook = _unraisable
+        _open_stdio()
         code = _run(argv, prog)
+        raise_unraised()  # one that no watch took: it still ends the command
     except Interrupted as e:
+        forget_interrupt()
         print(f"rankrun: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
     if argv is None:
@@ -39,6 +48,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "rankrun") -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python's words for an exception it could not raise, except for an Interrupted: the
+    signal it stands for is kept, and ends the command all the same (``raise_unraised``)."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def _open_stdio() -> None:

@@ -13,7 +13,7 @@ from rankrun.plan.options import Options
 from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cores
 from rankrun.run.gang import run_attempts
 from rankrun.run.host import Host
-from rankrun.run.watch import Interrupted
+from rankrun.run.watch import Interrupted, forget_interrupt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def launch(
     except Interrupted as e:
         if outcome is None:
             raise
+        forget_interrupt()
         printer.event(
             f"got {signal_name(e.signum)} after the ranks had ended: stopped the report; "
             f"the exit code stays {outcome.exit_code}"
