@@ -31,7 +31,8 @@ CASES = {
     "bad_nnodes": (["--nnodes", "two"], "invalid --nnodes"),
     "port_too_big": (["--master_port", "70000"], "outside 0..65535"),
     "port_not_a_number": (["--master_port", "abc"], "invalid int value"),
-    "procs_not_a_number": (["--nproc-per-node", "many"], "give a number, or auto, cpu, gpu"),
+    "procs_not_a_number": (["--nproc-per-node", "many"], "give a number, or auto, cpu or gpu"),
+    "procs_xpu": (["--nproc-per-node", "xpu"], "rankrun does not count XPUs; give their number"),
     "procs_gpu_without_gpus": (["--nproc-per-node", "gpu"], "--nproc-per-node gpu"),
     "procs_past_the_open_files_limit": (["--nproc-per-node", "100000"], "open files"),
     "grace_infinite": (["--shutdown-timeout", "inf"], "--shutdown-timeout inf is outside"),
@@ -49,8 +50,25 @@ CASES = {
     "log_dir_not_utf8": (["--log-dir", "logs\udcff"], "is not valid UTF-8"),
     "summary_is_a_directory": (["--summary-json", "."], "is a directory"),
     "summary_in_no_directory": (["--summary-json", "nodir/s.json"], "nodir does not exist"),
+    "summary_name_too_long": (["--summary-json", "s" * 300], "the file name is 300 bytes long"),
     "etcd_backend": (["--rdzv-backend", "etcd"], "invalid choice"),
     "endpoint_port": (["--rdzv-endpoint", "host:abc"], "give HOST:PORT"),
+    "endpoint_bare_ipv6": (
+        ["--rdzv-endpoint", "::1"],
+        "'::1': put an IPv6 address in brackets, as [::1]:PORT",
+    ),
+    "endpoint_open_bracket": (
+        ["--rdzv-endpoint", "[::1"],
+        "'[::1': close the bracket, as [::1]:PORT",
+    ),
+    "endpoint_no_host": (
+        ["--rdzv-endpoint", ":32001"],
+        "--rdzv-endpoint ':32001': name node 0's host",
+    ),
+    "endpoint_unknown_host": (
+        ["--rdzv-endpoint", "no-such-host.invalid:29400"],
+        "--rdzv-endpoint no-such-host.invalid: no such host",
+    ),
     "rdzv_conf": (["--rdzv-conf", "join_timeout"], "give key=value pairs"),
     "stall_timeout_0": (["--stall-timeout", "0"], "--stall-timeout 0 is outside"),
     "port_0_multinode": (["--nnodes", "2", "--master_port", "0"], "--master-port 0 needs one"),
@@ -58,6 +76,11 @@ CASES = {
     "negative_restarts": (["--max-restarts", "-1"], "--max-restarts must be 0 or more"),
     "standalone_multinode": (["--standalone", "--nnodes", "2"], "--standalone runs one node"),
     "unknown_flag": (["--nproc-per-nodes", "2"], "unrecognized arguments"),
+    "misspelt_flag": (
+        ["--nprc", "2"],
+        "unrecognized arguments: --nprc; did you mean --nproc-per-node? (see rankrun --help)",
+    ),
+    "no_such_flag": (["--frobnicate", "2"], "unrecognized arguments: --frobnicate (see"),
     "ambiguous_abbreviation": (["--no", "2"], "ambiguous option"),
 }
 
@@ -107,12 +130,18 @@ def test_scripts_that_cannot_run(
     _assert_usage_error(runs, [name], message)
 
 
+def test_a_script_named_with_a_newline_is_one_quoted_line(runs: Runs) -> None:
+    _assert_usage_error(runs, ["no\nsuch.py"], "training script 'no'$'\\n''such.py' does not")
+
+
 def test_no_python_program_not_on_path(runs: Runs) -> None:
     _assert_usage_error(runs, ["--no-python", "no-such-program-xyz"], "not found on PATH")
 
 
-def test_missing_script_argument(runs: Runs) -> None:
-    _assert_usage_error(runs, ["--nproc_per_node", "2"], "training_script")
+@pytest.mark.parametrize("args", [[], ["--nproc_per_node", "2"]])
+def test_missing_script_argument(runs: Runs, args: list[str]) -> None:
+    message = "no training script: give one, as rankrun [FLAGS] train.py [ARGS]"
+    _assert_usage_error(runs, args, message)
 
 
 def test_a_log_dir_that_cannot_be_made_is_one_line_before_any_rank(runs: Runs) -> None:
@@ -135,9 +164,15 @@ def test_run_id_naming_a_file_in_the_log_dir(runs: Runs) -> None:
      ("PET_MASTER_PORT", "abc", "give a number"), ("PET_STANDALONE", "yes", "give 1 or 0"),
      ("PET_CPU_BIND", "all", "give one of none, cores, numa"),
      ("PET_NUMA_BINDING", "zz", "give one of node, socket, exclusive, core-complex"),
-     ("PET_ON_STALL", "go", "give one of dump, stop")],
+     ("PET_ON_STALL", "go", "give one of dump, stop"),
+     ("PET_MONITOR_INTERVAL", "abc", "give a number"),  # a flag without effect still parses
+     ("PET_RUN_PATH", "yes", "give 1 or 0"),
+     ("PET_NNODES", "0", "--nnodes must be at least 1"),  # parses, but out of range
+     ("PET_MASTER_PORT", "70000", "--master-port 70000 is outside 0..65535"),
+     ("PET_NODE_RANK", "3", "--node-rank 3 is outside [0, 1)"),
+     ("PET_LOCAL_RANKS_FILTER", "5", "--local-ranks-filter 5: local rank 5 does not")],
 )  # fmt: skip
-def test_pet_value_that_does_not_parse_names_the_variable(
+def test_a_wrong_pet_value_names_the_variable(
     runs: Runs, name: str, value: str, reason: str
 ) -> None:
     runs.script("rank.sh", MARKING_RANK)

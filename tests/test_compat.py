@@ -67,9 +67,20 @@ def test_python_m_rankrun_launch_takes_the_old_launchers_command_line(runs: Runs
     }
 
 
+def test_python_m_rankrun_launch_names_itself_and_its_local_rank_arg(runs: Runs) -> None:
+    launch = [sys.executable, "-m", "rankrun.launch"]
+    result = subprocess.run([*launch, "--help"], env=runs.env, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: python -m rankrun.launch ")
+    assert "--local-rank-arg is on" in " ".join(result.stdout.split())
+    result = subprocess.run([*launch, "--nprc", "2"], env=runs.env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.endswith("(see python -m rankrun.launch --help)\n")
+
+
 def test_version(runs: Runs) -> None:
     result = runs.run("--version")
-    assert result.returncode == 0 and result.stdout.startswith("rankrun 0.")
+    assert (result.returncode, result.stdout) == (0, "rankrun 0.3.0\n")
 
 
 def test_a_py_script_runs_with_rankruns_python_whatever_its_shebang(runs: Runs) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from rankrun.base.errors import UsageError
+from rankrun.cli.command_line import parse
 from rankrun.cli.hostlist import expand_hostlist, first_host
 from rankrun.cli.slurm import (
     SlurmStep,
@@ -216,6 +218,16 @@ def test_several_tasks_per_node() -> None:
 def test_a_step_that_contradicts_itself(change: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         slurm_step({**SRUN_NODE2, **change})
+
+
+def test_flags_win_and_what_they_set_is_not_read_from_the_step() -> None:
+    env = {**SRUN_NODE2, "SLURM_STEP_NODELIST": "node[1-"}
+    with pytest.raises(UsageError, match=r"inside Slurm: SLURM_STEP_NODELIST: hostlist 'node\[1-'"):
+        parse(["train.py"], env)
+    placed = parse(["--nnodes", "1", "--node-rank", "0", "--master-port", "29400", "x.py"], env)
+    assert (placed.options.nnodes, placed.options.node_rank, placed.notes) == (1, 0, ())
+    options = parse(["--master-addr", "head", "train.py"], env).options
+    assert (options.nnodes, options.node_rank, options.master_addr) == (2, 1, "head")
 
 
 def test_the_port_shows_job_and_step() -> None:

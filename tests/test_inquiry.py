@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -374,8 +375,8 @@ def test_missing_py_spy_is_one_line_that_names_the_fix(
     finally:
         live.close()
     assert _one_line_error(result) == (
-        'py-spy is needed to read stacks and is not installed: pip install "rankrun[stacks]" '
-        "(or pip install py-spy)"
+        "py-spy is needed to read stacks and is not installed: pip install py-spy, or "
+        f"pip install {shlex.quote(os.path.dirname(SRC) + '[stacks]')}"
     )
 
 

@@ -237,6 +237,14 @@ def test_redirects_without_log_dir_use_a_temporary_one(runs: Runs) -> None:
     assert (runs.workdir / "tmp/rankrun-logs/t/attempt_0/rank_0/stdout.log").read_text() == "out\n"
 
 
+def test_a_log_dir_with_a_newline_is_quoted_on_one_line(runs: Runs) -> None:
+    runs.script("rank.sh", "echo out\n")
+    result = runs.gang(2, "--log-dir", "my\nlogs", "--run-id", "r", "./rank.sh")
+    assert result.returncode == 0, result.stderr
+    assert "rankrun: logs in 'my'$'\\n''logs/r'\n" in result.stderr
+    assert (runs.workdir / "my\nlogs/r/attempt_0/rank_0/stdout.log").read_text() == "out\n"
+
+
 def test_a_one_gigabyte_line_streams_out_in_bounded_memory(runs: Runs) -> None:
     runs.script(
         "big.py",

@@ -91,6 +91,51 @@ def test_ctrl_c_before_anything_is_spawned_is_one_line_and_130(runs: Runs) -> No
     assert not list(runs.workdir.glob("started.*"))
 
 
+def test_ctrl_c_while_the_handlers_are_installed_is_one_line_and_130(runs: Runs) -> None:
+    # The Ctrl-C lands the moment the first handler is in place, before the others are.
+    code = (
+        "import signal, sys\n"
+        "install = signal.signal\n"
+        "def installed(signum, handler):\n"
+        "    install(signum, handler)\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "signal.signal = installed\n"
+        "from rankrun.cli.main import main\n"
+        "sys.exit(main(['--version']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=runs.env, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stderr) == (130, "rankrun: stopped by SIGINT\n")
+
+
+def test_ctrl_c_that_python_swallows_still_stops_the_run(runs: Runs) -> None:
+    # A handler's exception raised inside a weakref callback, as one runs in every import, is
+    # "ignored" by Python: the signal must still reach the gang.
+    runs.script("rank.sh", "sleep 5\ntouch done.$RANK\n")
+    code = (
+        "import signal, sys, weakref\n"
+        "import rankrun.cli.command_line as command_line\n"
+        "parse = command_line.parse\n"
+        "class Gone: pass\n"
+        "def parse_with_ctrl_c(*args):\n"
+        "    gone = Gone()\n"
+        "    ref = weakref.ref(gone, lambda _: signal.raise_signal(signal.SIGINT))\n"
+        "    del gone\n"
+        "    return parse(*args)\n"
+        "command_line.parse = parse_with_ctrl_c\n"
+        "from rankrun.cli.main import main\n"
+        "sys.exit(main(['--master-port', '0', './rank.sh']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=runs.env, cwd=runs.workdir, capture_output=True,
+        text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert "Exception ignored" not in result.stderr
+    assert not list(runs.workdir.glob("done.*"))
+
+
 def _wait_blocked_on(pid: int, path: Path) -> None:
     deadline = time.monotonic() + 20
     while not _opening(pid, path):

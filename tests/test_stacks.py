@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -17,9 +18,9 @@ from conftest import Runs, process_state
 from procs import Procs, ended
 
 import rankrun
+from rankrun.inspect.install_hint import install_hint
 from rankrun.inspect.ptrace import explain, ptrace_refused
 from rankrun.inspect.stacks import (
-    INSTALL_HINT,
     StackDump,
     StacksError,
     dump,
@@ -31,8 +32,14 @@ from rankrun.inspect.stacks import (
 )
 
 PY_SPY = find_py_spy()
-needs_py_spy = pytest.mark.skipif(PY_SPY is None, reason=f"py-spy is not installed: {INSTALL_HINT}")
+needs_py_spy = pytest.mark.skipif(
+    PY_SPY is None, reason=f"py-spy is not installed: {install_hint()}"
+)
 SRC = os.path.dirname(os.path.dirname(rankrun.__file__))
+# rankrun is on no package index: the hint names the source tree these tests run.
+INSTALL_PY_SPY = (
+    f"pip install py-spy, or pip install {shlex.quote(os.path.dirname(SRC) + '[stacks]')}"
+)
 
 # A rank blocked in a function of its own name; it says "ready" once inside.
 BLOCKED = """
@@ -233,8 +240,7 @@ def test_missing_py_spy_is_one_line_that_names_the_fix(runs: Runs) -> None:
     )
     assert out.stderr == ""
     assert out.stdout == (
-        "py-spy is needed to read stacks and is not installed: "
-        'pip install "rankrun[stacks]" (or pip install py-spy)\n'
+        f"py-spy is needed to read stacks and is not installed: {INSTALL_PY_SPY}\n"
     )
 
 
@@ -246,7 +252,7 @@ def test_an_unrunnable_py_spy_is_one_line(procs: StackProcs, tmp_path: Path) -> 
     with pytest.raises(StacksError) as e:
         dump([("rank0", a.pid)], 5, py_spy=str(broken))
     assert str(e.value) == (
-        f"cannot run {broken}: Permission denied: reinstall it with {INSTALL_HINT}"
+        f"cannot run {broken}: Permission denied: reinstall it with {INSTALL_PY_SPY}"
     )
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from rankrun.cli.flags import LAUNCH_PROG
 from rankrun.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(main(["--local-rank-arg", *sys.argv[1:]]))
+    sys.exit(main(["--local-rank-arg", *sys.argv[1:]], prog=LAUNCH_PROG))

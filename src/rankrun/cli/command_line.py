@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
 from rankrun.base.values import NamedTuple
-from rankrun.cli.flags import GROUPS, Flag, by_spelling, dest
+from rankrun.cli.flags import GROUPS, PROG, Flag, by_spelling, dest, spellings
 from rankrun.plan.options import Options
 
 TYPE_CHECKING = False
@@ -32,31 +32,48 @@ class CommandLine(NamedTuple):
     options: Options
     notes: tuple[str, ...] = ()
     """What the command took from its surroundings (Slurm), for the user to read."""
+    from_environment: tuple[tuple[Flag, str], ...] = ()
+    """Each flag a ``PET_*`` variable gave, with the variable as ``PET_NNODES='0'``."""
 
 
-def parse(argv: Sequence[str], env: Mapping[str, str]) -> CommandLine:
+def parse(argv: Sequence[str], env: Mapping[str, str], prog: str = PROG) -> CommandLine:
     """The command line as a script, its arguments and every setting; raises UsageError.
 
-    A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step.
+    A setting comes from its flag, else from ``PET_<FLAG>``, else from Slurm's step. ``prog``
+    names the command in its help and its mistakes.
     """
     argv = list(argv)
     plain = _read_plain(argv)
     if plain is None:
         from rankrun.cli.flag_parser import read
 
-        plain = read(argv)
+        plain = read(argv, prog)
     given, script, args = plain
-    for _, flags in GROUPS:
-        for flag in flags:
-            if dest(flag) in _DEFAULTS and dest(flag) not in given:
-                _from_environment(flag, env, given)
+    # A flag without effect still reads its variable: a value that does not parse is a mistake.
+    from_environment = tuple(
+        found
+        for _, flags in GROUPS
+        for flag in flags
+        if dest(flag) not in given and (found := _from_environment(flag, env, given))
+    )
     notes: tuple[str, ...] = ()
     if "SLURM_JOB_ID" in env:
         from rankrun.cli.slurm import from_slurm
 
         notes = from_slurm(env, given, argv)
     options = Options(**{n: v for n, v in given.items() if n in _DEFAULTS})
-    return CommandLine(script, args, options, notes)
+    return CommandLine(script, args, options, notes, from_environment)
+
+
+def blame_environment(message: str, command: CommandLine) -> str:
+    """A mistake about a flag that a ``PET_*`` variable gave, worded with the variable first."""
+    import re
+
+    for flag, variable in command.from_environment:
+        names = "|".join(re.escape(name) for name in spellings(flag))
+        if re.search(rf"(?<![\w-])(?:{names})(?![\w-])", message):
+            return f"{variable} in the environment: {message}"
+    return message
 
 
 def _read_plain(argv: list[str]) -> Read | None:
@@ -94,12 +111,15 @@ def _read_plain(argv: list[str]) -> Read | None:
     return None
 
 
-def _from_environment(flag: Flag, env: Mapping[str, str], given: dict[str, Any]) -> None:
+def _from_environment(
+    flag: Flag, env: Mapping[str, str], given: dict[str, Any]
+) -> tuple[Flag, str] | None:
     for spelled in flag.names:
         name = "PET_" + spelled.lstrip("-").upper().replace("-", "_")
         if name in env:
             given[dest(flag)] = _convert(flag, name, env[name])
-            return
+            return flag, f"{name}={env[name]!r}"
+    return None
 
 
 def _convert(flag: Flag, name: str, value: str) -> object:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 
 from rankrun.base.errors import UsageError
-from rankrun.cli.flags import GROUPS, Flag, dest, spellings
+from rankrun.cli.flags import GROUPS, LAUNCH_PROG, PROG, Flag, by_spelling, dest, spellings
 from rankrun.plan.options import Options
 
 TYPE_CHECKING = False
@@ -20,15 +20,41 @@ if TYPE_CHECKING:
     from rankrun.cli.flags import Read
 
 
-def read(argv: Sequence[str]) -> Read:
+def read(argv: Sequence[str], prog: str = PROG) -> Read:
     """What ``argv`` gives, as ``command_line.parse`` reads it; raises UsageError."""
-    given = vars(build_parser().parse_args(argv))
+    parser = build_parser(prog)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown)}")
+    given = vars(namespace)
     return given, given.pop("training_script"), given.pop("training_script_args")
+
+
+def _did_you_mean(unknown: Sequence[str]) -> str:
+    """The flag closest to the first unknown one, as argparse suggests a choice."""
+    import difflib
+
+    for arg in unknown:
+        typo = arg.partition("=")[0]
+        if not typo.startswith("--"):
+            continue
+        best, guess = 0.0, None
+        for name in by_spelling():
+            # An abbreviation is a flag too: --nprc is a slip of --nproc.
+            for candidate, cutoff in ((name, 0.6), (name[: len(typo) + 1], 0.75)):
+                ratio = difflib.SequenceMatcher(None, typo, candidate).ratio()
+                if ratio >= cutoff and ratio > best:
+                    best, guess = ratio, name
+        if guess is not None:
+            return f"; did you mean {guess}?"
+    return ""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see rankrun --help)")
+        if message.startswith("the following arguments are required"):
+            message = f"no training script: give one, as {self.prog} [FLAGS] train.py [ARGS]"
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
     def _get_option_tuples(self, option_string: str) -> list[tuple[Any, ...]]:
         """An abbreviation of one flag's two spellings (--nproc) names that flag."""
@@ -56,12 +82,18 @@ def _columns() -> int:
         return 80
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from rankrun.base.version import VERSION
 
+    description = "Launch a gang of training ranks that live and die together."
+    if prog == LAUNCH_PROG:
+        description += (
+            " This is torch.distributed.launch's command line: --local-rank-arg is on, so each "
+            "rank gets --local_rank=N before its own arguments, unless --use-env is given."
+        )
     p = _Parser(
-        prog="rankrun",
-        description="Launch a gang of training ranks that live and die together.",
+        prog=prog,
+        description=description,
         epilog="Every flag may also be set as PET_<FLAG>, as torchrun reads it; "
         "the command line wins. "
         "rankrun stacks [RUN_ID] prints the Python stack of every rank of a running job, and "

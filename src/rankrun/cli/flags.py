@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     Read = tuple[dict[str, Any], str, list[str]]
     """What a command line gives: its settings by ``Options`` field, the script, its arguments."""
 
-_NPROC_WORDS = ("auto", "cpu", "gpu", "xpu")
+PROG = "rankrun"
+LAUNCH_PROG = "python -m rankrun.launch"
+"""torch.distributed.launch's command line: ``rankrun --local-rank-arg``."""
+_NPROC_WORDS = ("auto", "cpu", "gpu")
 _IGNORED = "accepted for torchrun and ignored: "
 
 
@@ -51,11 +54,13 @@ def _nnodes(value: str) -> int:
 def _nproc(value: str) -> int | str:
     if value in _NPROC_WORDS:
         return value
+    if value == "xpu":  # torchrun's; counting Intel's devices would take importing torch
+        raise UsageError("--nproc-per-node xpu: rankrun does not count XPUs; give their number")
     try:
         return int(value)
     except ValueError:
         raise UsageError(
-            f"invalid --nproc-per-node {value!r}: give a number, or auto, cpu, gpu or xpu"
+            f"invalid --nproc-per-node {value!r}: give a number, or auto, cpu or gpu"
         ) from None
 
 

@@ -15,20 +15,30 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from rankrun.run.watch import TERMINATING, Interrupted, interrupt
+from rankrun.run.watch import (
+    TERMINATING,
+    Interrupted,
+    forget_interrupt,
+    interrupt,
+    raise_unraised,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from rankrun.plan.options import Options
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    for signum in TERMINATING:
-        signal.signal(signum, interrupt)
-    _open_stdio()
+def main(argv: Sequence[str] | None = None, *, prog: str = "rankrun") -> int:
+    """The command; ``prog`` names it in its help (``python -m rankrun.launch``)."""
     try:
-        code = _run(argv)
+        for signum in TERMINATING:  # a signal may land between two of these
+            signal.signal(signum, interrupt)
+        sys.unraisablehook = _unraisable
+        _open_stdio()
+        code = _run(argv, prog)
+        raise_unraised()  # one that no watch took: it still ends the command
     except Interrupted as e:
+        forget_interrupt()
         print(f"rankrun: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
     if argv is None:
@@ -38,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python's words for an exception it could not raise, except for an Interrupted: the
+    signal it stands for is kept, and ends the command all the same (``raise_unraised``)."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
 
 
 def _open_stdio() -> None:
@@ -55,7 +72,7 @@ def _open_stdio() -> None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None, prog: str) -> int:
     from rankrun.base.errors import RankrunError
 
     args = sys.argv[1:] if argv is None else list(argv)
@@ -64,22 +81,26 @@ def _run(argv: Sequence[str] | None) -> int:
             from rankrun.inspect.inquiry import main as inquire
 
             return inquire(args)
-        return _launch(args)
+        return _launch(args, prog)
     except RankrunError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2
 
 
-def _launch(args: Sequence[str]) -> int:
-    from rankrun.cli.command_line import parse
+def _launch(args: Sequence[str], prog: str) -> int:
+    from rankrun.base.errors import UsageError
+    from rankrun.cli.command_line import blame_environment, parse
     from rankrun.job import launcher
 
-    command = parse(args, os.environ)
+    command = parse(args, os.environ, prog)
     for note in command.notes:
         print(f"rankrun: {note}", file=sys.stderr)
-    if command.options.dry_run:
-        return _dry_run(command.script, command.args, command.options)
-    return launcher.launch(command.script, command.args, command.options).exit_code
+    try:
+        if command.options.dry_run:
+            return _dry_run(command.script, command.args, command.options)
+        return launcher.launch(command.script, command.args, command.options).exit_code
+    except UsageError as e:
+        raise UsageError(blame_environment(str(e), command)) from None
 
 
 def _dry_run(script: str, args: Sequence[str], options: Options) -> int:

@@ -38,8 +38,11 @@ class SlurmStep(NamedTuple):
     gpus_on_node: int | None
 
 
-def slurm_step(env: Mapping[str, str]) -> SlurmStep | None:
-    """The srun step ``env`` belongs to; None outside one. ValueError if it contradicts itself."""
+def slurm_step(env: Mapping[str, str], master_addr: str | None = None) -> SlurmStep | None:
+    """The srun step ``env`` belongs to; None outside one. ValueError if it contradicts itself.
+
+    Given ``master_addr`` (a flag gave it), the node list is not read.
+    """
     step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID", ""))
     if "SLURM_JOB_ID" not in env or not _digits(step) or int(step) >= _SPECIAL_STEP:
         return None
@@ -48,11 +51,8 @@ def slurm_step(env: Mapping[str, str]) -> SlurmStep | None:
     node_rank = _int(env, "SLURM_NODEID")
     if not 0 <= node_rank < nnodes:
         raise ValueError(f"SLURM_NODEID={node_rank} is not below the step's {nnodes} nodes")
-    nodes = env.get("SLURM_STEP_NODELIST")
-    if nodes is None and env.get("SLURM_JOB_NUM_NODES") == str(nnodes):
-        nodes = env.get("SLURM_JOB_NODELIST")  # the step spans the whole job
-    if not nodes:
-        raise ValueError("a Slurm step without SLURM_STEP_NODELIST")
+    if master_addr is None:
+        master_addr = _first_node(env, nnodes)
     tasks = _tasks_per_node(env, nnodes)
     gpus = env.get("SLURM_GPUS_ON_NODE")
     return SlurmStep(
@@ -60,7 +60,7 @@ def slurm_step(env: Mapping[str, str]) -> SlurmStep | None:
         step_id=step_id,
         nnodes=nnodes,
         node_rank=node_rank,
-        master_addr=first_host(nodes),
+        master_addr=master_addr,
         master_port=master_port(job_id, step_id),
         tasks_per_node=tasks,
         gpus_on_node=_int(env, "SLURM_GPUS_ON_NODE") if gpus else None,
@@ -72,11 +72,13 @@ def from_slurm(
 ) -> tuple[str, ...]:
     """Fill the settings a step decides (nodes, node rank, node 0's address and port, GPUs)
     into ``given`` where no flag or PET_ variable set them; return the note to print."""
+    if "nnodes" in given and "node_rank" in given:
+        return ()  # the flags place this node, and the step is not read
     try:
-        step = slurm_step(env)
+        step = slurm_step(env, str(given["master_addr"]) if "master_addr" in given else None)
     except ValueError as e:
         raise UsageError(f"inside Slurm: {e}") from None
-    if step is None or ("nnodes" in given and "node_rank" in given):
+    if step is None:
         return ()
     if several_tasks_per_node(step):
         raise UsageError(
@@ -110,6 +112,18 @@ def several_tasks_per_node(step: SlurmStep) -> bool:
 def srun_command(step: SlurmStep, args: Sequence[str]) -> str:
     """The srun line that runs ``rankrun args`` once on each of the step's nodes."""
     return shlex.join(["srun", f"-N{step.nnodes}", "--ntasks-per-node=1", "rankrun", *args])
+
+
+def _first_node(env: Mapping[str, str], nnodes: int) -> str:
+    name = "SLURM_STEP_NODELIST"
+    if name not in env and env.get("SLURM_JOB_NUM_NODES") == str(nnodes):
+        name = "SLURM_JOB_NODELIST"  # the step spans the whole job
+    if not env.get(name):
+        raise ValueError("a Slurm step without SLURM_STEP_NODELIST")
+    try:
+        return first_host(env[name])
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def _digits(text: str) -> bool:

@@ -1,4 +1,4 @@
-"""Python stacks of running ranks, read by py-spy (the optional extra ``rankrun[stacks]``).
+"""Python stacks of running ranks, read by py-spy (rankrun's optional extra ``stacks``).
 
 ``dump()`` runs one ``py-spy dump --pid N`` per process, all at once, each under the same
 deadline. A rank that is not itself Python, such as a shell script that runs
@@ -21,14 +21,13 @@ from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import RankrunError
 from rankrun.base.values import NamedTuple
+from rankrun.inspect.install_hint import install_hint
 from rankrun.inspect.procfs import ProcStat, all_processes, process_name, read_stat
 from rankrun.inspect.ptrace import explain, traced
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO
-
-INSTALL_HINT = 'pip install "rankrun[stacks]" (or pip install py-spy)'
 
 
 class StacksError(RankrunError):
@@ -182,7 +181,7 @@ def dump(
     """
     exe = py_spy if py_spy is not None else find_py_spy(env)
     if exe is None:
-        raise StacksError(f"py-spy is needed to read stacks and is not installed: {INSTALL_HINT}")
+        raise StacksError(f"py-spy is needed to read stacks and is not installed: {install_hint()}")
     table = _process_table()
     child_env = {**(os.environ if env is None else env), "RUST_BACKTRACE": "0"}
     child_env["RUST_LIB_BACKTRACE"] = "0"
@@ -236,7 +235,7 @@ def _start(
         out.close()
         err.close()
         raise StacksError(
-            f"cannot run {argv[0]}: {e.strerror}: reinstall it with {INSTALL_HINT}"
+            f"cannot run {argv[0]}: {e.strerror}: reinstall it with {install_hint()}"
         ) from None
     return _Run(label, pid, via, searched, proc, out, err)
 

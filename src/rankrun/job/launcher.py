@@ -6,13 +6,14 @@ import os
 from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
+from rankrun.base.quoting import quote
 from rankrun.output.outcome import Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
 from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cpus
 from rankrun.run.gang import run_attempts
 from rankrun.run.host import Host
-from rankrun.run.watch import Interrupted
+from rankrun.run.watch import Interrupted, forget_interrupt
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> O
     except Interrupted as e:
         if outcome is None:
             raise
+        forget_interrupt()
         printer.event(
             f"got {signal_name(e.signum)} after the ranks had ended: stopped the report; "
             f"the exit code stays {outcome.exit_code}"
@@ -109,7 +111,7 @@ def _make_log_root(root: str, options: Options) -> None:
         os.makedirs(root, exist_ok=True)
     except OSError as e:
         flag = "--log-dir" if options.log_dir is not None else "-r/-t (in $TMPDIR)"
-        raise UsageError(f"{flag}: cannot create {root}: {e.strerror}") from None
+        raise UsageError(f"{flag}: cannot create {quote(root)}: {e.strerror}") from None
 
 
 def _make_error_dir(plan: Plan) -> str | None:
@@ -141,7 +143,7 @@ def _end_escaped(host: Host, printer: Printer) -> None:
 
 def _announce(plan: Plan, printer: Printer) -> None:
     if plan.layout is not None:
-        printer.event(f"logs in {plan.layout.root}")
+        printer.event(f"logs in {quote(plan.layout.root)}")
     if plan.omp_num_threads is not None:
         printer.event(
             f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cpus()} "
@@ -163,4 +165,5 @@ def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) 
         try:
             write_summary(options.summary_json, outcome, hostname, plan.run_id)
         except OSError as e:
-            printer.event(f"could not write --summary-json {options.summary_json}: {e.strerror}")
+            path = quote(options.summary_json)
+            printer.event(f"could not write --summary-json {path}: {e.strerror}")

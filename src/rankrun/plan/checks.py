@@ -10,6 +10,7 @@ import os
 import stat
 
 from rankrun.base.errors import UsageError
+from rankrun.base.quoting import quote
 
 MAX_SHUTDOWN_TIMEOUT = 86400.0
 _RUN_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+:@=")
@@ -48,21 +49,36 @@ def check_writable_dir(path: str, flag: str) -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {existing} is not a writable directory")
+        raise UsageError(f"{flag} {quote(path)}: {quote(existing)} is not a writable directory")
 
 
 def check_new_file(path: str, flag: str) -> None:
     """``path`` can be written: not a directory, in a directory that exists and is writable."""
-    check(not os.path.isdir(path), f"{flag} {path} is a directory: name a file in it")
-    parent = os.path.dirname(os.path.abspath(path))
-    check(os.path.isdir(parent), f"{flag} {path}: {parent} does not exist: create it first")
-    check(os.access(parent, os.W_OK | os.X_OK), f"{flag} {path}: {parent} is not writable")
+    shown, parent = quote(path), os.path.dirname(os.path.abspath(path))
+    check(not os.path.isdir(path), f"{flag} {shown} is a directory: name a file in it")
+    check(os.path.isdir(parent), f"{flag} {shown}: {quote(parent)} does not exist: create it first")
+    check(os.access(parent, os.W_OK | os.X_OK), f"{flag} {shown}: {quote(parent)} is not writable")
+    _check_name_length(path, parent, flag)
+
+
+def _check_name_length(path: str, parent: str, flag: str) -> None:
+    """A name too long for the file system would fail only when the file is written."""
+    name = len(os.fsencode(os.path.basename(path)))
+    try:
+        most = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return  # the file system does not say
+    check(
+        name <= most,
+        f"{flag}: the file name is {name} bytes long, and {quote(parent)} allows {most}: "
+        "shorten it",
+    )
 
 
 def check_log_root(root: str) -> None:
     check(
         not os.path.exists(root) or stat.S_ISDIR(os.stat(root).st_mode),
-        f"--run-id: {root} exists and is not a directory: choose another run id",
+        f"--run-id: {quote(root)} exists and is not a directory: choose another run id",
     )
 
 

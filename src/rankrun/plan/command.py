@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rankrun.base.errors import UsageError
+from rankrun.base.quoting import quote
 
 _ELF_MAGIC = b"\x7fELF"
 
@@ -34,12 +35,13 @@ def resolve_command(
 def _program(name: str) -> str:
     if os.sep in name:
         if not (os.path.isfile(name) and os.access(name, os.X_OK)):
-            raise UsageError(f"{name} is not an executable file: check the path or chmod +x it")
+            shown = quote(name)
+            raise UsageError(f"{shown} is not an executable file: check the path or chmod +x it")
         return name
     import shutil  # only here: it costs milliseconds of every launch
 
     if shutil.which(name) is None:
-        raise UsageError(f"{name} is not found on PATH: give its full path")
+        raise UsageError(f"{quote(name)} is not found on PATH: give its full path")
     return name
 
 
@@ -56,14 +58,16 @@ def _script_prefix(path: str) -> tuple[str, ...]:
     if head.startswith(_ELF_MAGIC):
         if executable:
             return (direct,)
-        raise UsageError(f"{path} is a program without its run bit: chmod +x {path}")
+        raise UsageError(f"{quote(path)} is a program without its run bit: chmod +x {quote(path)}")
     if not head:
-        raise UsageError(f"{path} is empty: name the script that trains")
+        raise UsageError(f"{quote(path)} is empty: name the script that trains")
     if executable:
-        raise UsageError(f"{path} has no #! line, so it cannot run: add one, such as #!/bin/bash")
+        raise UsageError(
+            f"{quote(path)} has no #! line, so it cannot run: add one, such as #!/bin/bash"
+        )
     raise UsageError(
-        f"{path} is not executable and has no #! line: chmod +x it, add a #! line, "
-        f"or name its interpreter with --no-python (rankrun --no-python bash {path})"
+        f"{quote(path)} is not executable and has no #! line: chmod +x it, add a #! line, "
+        f"or name its interpreter with --no-python (rankrun --no-python bash {quote(path)})"
     )
 
 
@@ -71,11 +75,13 @@ def _check_regular_file(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        raise UsageError(f"training script {path} does not exist: check the path") from None
+        raise UsageError(f"training script {quote(path)} does not exist: check the path") from None
     if stat.S_ISDIR(mode):
-        raise UsageError(f"{path} is a directory: name a script inside it, or use -m for a module")
+        raise UsageError(
+            f"{quote(path)} is a directory: name a script inside it, or use -m for a module"
+        )
     if not stat.S_ISREG(mode):
-        raise UsageError(f"{path} is not a regular file (a FIFO or a device): name a script")
+        raise UsageError(f"{quote(path)} is not a regular file (a FIFO or a device): name a script")
 
 
 def _first_line(path: str) -> bytes:
@@ -83,14 +89,18 @@ def _first_line(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.readline(4096)
     except OSError as e:
-        raise UsageError(f"cannot read training script {path}: {e.strerror}") from None
+        raise UsageError(f"cannot read training script {quote(path)}: {e.strerror}") from None
 
 
 def _shebang(path: str, head: bytes) -> tuple[str, ...]:
     """Split a ``#!`` line as the kernel does: the interpreter and at most one argument."""
     parts = head[2:].decode(errors="replace").strip().split(None, 1)
     if not parts:
-        raise UsageError(f"{path} has an empty #! line: name an interpreter, such as #!/bin/bash")
+        raise UsageError(
+            f"{quote(path)} has an empty #! line: name an interpreter, such as #!/bin/bash"
+        )
     if not (os.path.isfile(parts[0]) and os.access(parts[0], os.X_OK)):
-        raise UsageError(f"{path} names {parts[0]} in its #! line, which is not an executable file")
+        raise UsageError(
+            f"{quote(path)} names {quote(parts[0])} in its #! line, which is not an executable file"
+        )
     return tuple(parts)

@@ -9,7 +9,7 @@ class Options(NamedTuple):
     """Every setting of a run, as the command line gives them; the defaults are torchrun's."""
 
     nproc_per_node: int | str = 1
-    """A number, or torchrun's ``auto``, ``cpu``, ``gpu`` or ``xpu``."""
+    """A number, or torchrun's ``auto``, ``cpu`` or ``gpu``."""
     nnodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"

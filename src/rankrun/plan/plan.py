@@ -195,7 +195,7 @@ def build_plan(
     nproc = _nproc(o.nproc_per_node, base_env)
     check_limits(nproc)
     meeting = rendezvous(o, base_env)
-    check_host(meeting.master_addr, "--master-addr")
+    check_host(meeting.master_addr, "--rdzv-endpoint" if o.rdzv_endpoint else "--master-addr")
     run_id = o.run_id or _new_run_id()
     check_run_id(run_id)
     output = output_options(o, nproc, base_env)

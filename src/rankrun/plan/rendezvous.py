@@ -80,17 +80,27 @@ def _master_port(o: Options, env: Mapping[str, str]) -> tuple[int, str]:
 
 
 def _endpoint(value: str) -> tuple[str, int]:
-    host, colon, port = value.rpartition(":")
-    if not colon or "]" in port:
-        return value.strip("[]"), _C10D_PORT
+    """``HOST``, ``HOST:PORT``, ``[IPV6]`` or ``[IPV6]:PORT``; the port is torchrun's default."""
+    flag = f"--rdzv-endpoint {value!r}"
+    port: str | None
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        check(bool(bracket), f"{flag}: close the bracket, as [{host}]:PORT")
+        check(rest[:1] in ("", ":"), f"{flag}: give [HOST]:PORT, such as [::1]:29400")
+        port = rest[1:] if rest else None
+    else:
+        check(value.count(":") < 2, f"{flag}: put an IPv6 address in brackets, as [{value}]:PORT")
+        host, colon, port = value.partition(":")
+        port = port if colon else None
+    check(bool(host), f"{flag}: name node 0's host, such as node0:{port or _C10D_PORT}")
+    if port is None:
+        return host, _C10D_PORT
     try:
         number = int(port)
     except ValueError:
-        raise UsageError(
-            f"--rdzv-endpoint {value!r}: give HOST:PORT, such as node0:29400"
-        ) from None
-    check(0 <= number <= 65535, f"--rdzv-endpoint {value}: port {number} is outside 0..65535")
-    return host.strip("[]"), number
+        raise UsageError(f"{flag}: give HOST:PORT, such as node0:29400") from None
+    check(0 <= number <= 65535, f"{flag}: port {number} is outside 0..65535")
+    return host, number
 
 
 def _conf(value: str) -> dict[str, str]:

@@ -83,12 +83,12 @@ def gpus(env: Mapping[str, str], root: str = "/") -> list[Gpu]:
 
 
 def nproc_auto(kind: str, env: Mapping[str, str], root: str = "/") -> int:
-    """torchrun's ``--nproc-per-node auto|cpu|gpu|xpu``, counted without torch.
+    """torchrun's ``--nproc-per-node auto|cpu|gpu``, counted without torch.
 
     ``auto``: the visible NVIDIA GPUs, else the usable CPUs (torchrun counts any accelerator
     torch knows). ``cpu``: the usable CPUs, len(sched_getaffinity), as torchrun counts them.
-    ``gpu``: the visible NVIDIA GPUs, ValueError if none. ``xpu``: ValueError, since sysfs
-    shows Intel GPU cards and not the devices Level Zero makes of them (one per tile).
+    ``gpu``: the visible NVIDIA GPUs, ValueError if none. torchrun's ``xpu`` is not taken:
+    sysfs shows Intel GPU cards, not the devices Level Zero makes of them (one per tile).
     """
     if kind == "cpu":
         return len(_usable_cpus(root))
@@ -99,9 +99,7 @@ def nproc_auto(kind: str, env: Mapping[str, str], root: str = "/") -> int:
         if kind == "gpu":
             _no_gpus(env, root)
         return len(_usable_cpus(root))
-    if kind == "xpu":
-        raise ValueError("--nproc-per-node xpu: rankrun cannot count XPUs without torch")
-    raise ValueError(f"--nproc-per-node {kind!r}: give a number, or auto, cpu, gpu or xpu")
+    raise ValueError(f"--nproc-per-node {kind!r}: give a number, or auto, cpu or gpu")
 
 
 def cpu_topology(root: str = "/", usable: Iterable[int] | None = None) -> Topology:

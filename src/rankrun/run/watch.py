@@ -56,8 +56,26 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_unraised = bytearray()
+"""Terminating signals whose Interrupted may not have been raised: Python swallows an exception
+raised in a weakref callback (one runs in every import), and the command then went on."""
+
+
 def interrupt(signum: int, frame: FrameType | None) -> None:
+    """Raise Interrupted, and keep the signal until it is caught or a ``Watch`` takes it."""
+    _unraised.append(signum)
     raise Interrupted(signum)
+
+
+def raise_unraised() -> None:
+    """Raise the Interrupted that Python swallowed, if it did."""
+    if _unraised:
+        raise Interrupted(_unraised[0])
+
+
+def forget_interrupt() -> None:
+    """An Interrupted was caught: the signals it stands for need nobody else."""
+    _unraised.clear()
 
 
 class Watch:
@@ -79,6 +97,8 @@ class Watch:
         for signum in _HANDLED:
             self._old_handlers[signum] = signal.signal(signum, _wake)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self._pending += _unraised  # the gang hears of them as of any other signal
+        _unraised.clear()
         return self
 
     def __exit__(
