@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import time
 import warnings
@@ -21,6 +22,7 @@ from rankrun.job.control.calls import (
     load,
     wait_get,
 )
+from rankrun.run.watch import TERMINATING
 
 JOIN_TIMEOUT = 600.0
 WAIT_NOTE_EVERY = 10.0  # seconds between "waiting for ..." notes
@@ -68,6 +70,10 @@ def torch_distributed() -> Any:
     ours = "TORCH_CPP_LOG_LEVEL" not in os.environ and "torch" not in sys.modules
     if ours:
         os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    # A terminating signal waits out the import, blocked: the exception its handler raises
+    # would land in numpy's or torch's C code, which may catch it and go on, or fail the
+    # import for good. Unblocked at the end, it is handled at once, here.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -75,6 +81,7 @@ def torch_distributed() -> Any:
     finally:
         if ours:
             del os.environ["TORCH_CPP_LOG_LEVEL"]
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
