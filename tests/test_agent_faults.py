@@ -1,0 +1,82 @@
+"""No agent outlives its job: a node lost during a teardown, or node 0 stopped for longer
+than --node-timeout, ends every agent that is left, within a bound."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import Runs
+
+from rankrun.plan.ports import free_port
+
+pytest.importorskip("torch")
+
+# Rank 0 fails once all four ranks are up; rank 2 ignores the teardown's SIGTERM.
+RANK = """
+import glob, os, signal, sys, time
+rank = int(os.environ["RANK"])
+if rank == 2:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(f"up.{rank}", "w").close()
+while len(glob.glob("up.*")) < 4:
+    time.sleep(0.02)
+if rank == 0 and os.environ.get("FAIL") == "1":
+    open("failing", "w").close()
+    sys.exit(7)
+time.sleep(120)
+"""
+BOUND_S = 40  # shutdown 3 s + node timeout 2 s, several times over, on a loaded machine
+
+
+def start_job(runs: Runs, **env: str) -> list[subprocess.Popen[str]]:
+    runs.script("rank.py", RANK, executable=False)
+    runs.env.update(env)
+    flags = ["--nnodes", "2", "--nproc-per-node", "2", "--master-port", str(free_port()),
+             "--shutdown-timeout", "3", "--node-timeout", "2"]  # fmt: skip
+    agents = [runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1)]
+    runs.wait_for_files("up.*", 4, timeout=90)
+    return agents
+
+
+def finish(agent: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, err = agent.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        _, err = agent.communicate()
+        pytest.fail(f"the agent outlived its job:\n{err[-2000:]}")
+    return agent.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["failure", "sigint"])
+def test_a_node_lost_during_a_teardown_does_not_hang_node_0(runs: Runs, how: str) -> None:
+    node0, node1 = start_job(runs, FAIL="1" if how == "failure" else "0")
+    if how == "failure":
+        runs.wait_for_files("failing", 1, timeout=30)
+    else:
+        node0.send_signal(signal.SIGINT)
+    time.sleep(0.4)  # the scenario: node 1 dies while every rank is being ended
+    node1.kill()
+    node1.communicate()
+    code, err = finish(node0)
+    assert code == (7 if how == "failure" else 128 + signal.SIGINT), err[-2000:]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_node_0_stopped_past_the_node_timeout_ends_after_it_continues(runs: Runs) -> None:
+    node0, node1 = start_job(runs)
+    os.kill(node0.pid, signal.SIGSTOP)
+    time.sleep(5)  # the scenario: more than twice --node-timeout
+    os.kill(node0.pid, signal.SIGCONT)
+    code1, err1 = finish(node1)
+    code0, err0 = finish(node0)
+    assert code1 != 0 and code0 != 0, (err0[-2000:], err1[-2000:])
+    last0 = "\n".join(line for line in err0.splitlines() if line.startswith("rankrun: "))
+    assert "cut off" in last0, last0
+    assert "node 1 (" not in last0.split("cut off")[-1], "node 0 stopped, not node 1"
