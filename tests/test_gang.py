@@ -115,7 +115,13 @@ def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, sign
     _, err = launcher.communicate(timeout=20)
     assert time.monotonic() - started < 10, "the ranks end on the signal, not on SIGKILL"
     assert launcher.returncode == 128 + signum
-    assert f"got {signal.Signals(signum).name}" in err
+    name = signal.Signals(signum).name
+    assert f"got {name}" in err
+    # Closed as a stall stop is: what happened, what every rank did, the exit code.
+    closing = err.splitlines()[-3:]
+    assert closing[0] == f"rankrun: stopped: rankrun got {name}", err
+    assert closing[1].startswith("rankrun: others: ") and closing[1].endswith(": 0-3"), err
+    assert closing[2] == f"rankrun: exit code {128 + signum}", err
 
 
 def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:
