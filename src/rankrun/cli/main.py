@@ -69,7 +69,7 @@ def _launch(args: Sequence[str]) -> int:
     from rankrun.job import launcher
 
     command = parse(args, os.environ)
-    for note in command.notes:
+    for note in () if command.options.quiet else command.notes:
         print(f"rankrun: {note}", file=sys.stderr)
     if command.options.dry_run:
         return _dry_run(command.script, command.args, command.options)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
-from rankrun.output.outcome import Outcome, signal_name
+from rankrun.output.outcome import Outcome, finished_line, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
 from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cores
@@ -51,7 +51,7 @@ def launch(
         printer.events_to(plan.layout.events)
     outcome = None
     try:
-        _announce(plan, printer)
+        _announce(plan, options, printer)
         grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
         with Host(printer, grace, nproc, plan.token) as host:
             if agent is None:
@@ -133,7 +133,9 @@ def _end_escaped(host: Host, printer: Printer) -> None:
         )
 
 
-def _announce(plan: Plan, printer: Printer) -> None:
+def _announce(plan: Plan, options: Options, printer: Printer) -> None:
+    if options.quiet:
+        return
     if plan.layout is not None:
         printer.event(f"logs in {plan.layout.root}")
     if plan.omp_num_threads is not None:
@@ -144,8 +146,12 @@ def _announce(plan: Plan, printer: Printer) -> None:
 
 
 def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) -> None:
-    if outcome.ok and len(outcome.attempts) == 1 and options.summary_json is None:
-        return
+    if outcome.ok and len(outcome.attempts) == 1:
+        # One rank stays as silent as the python it replaces.
+        if plan.world_size > 1 and not options.quiet:
+            printer.event(finished_line(outcome.ranks))
+        if options.summary_json is None:
+            return
     from rankrun.output.report import format_report
 
     host = os.uname().nodename
