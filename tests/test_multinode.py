@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -252,6 +253,19 @@ def test_restarts_are_job_wide(runs: Runs) -> None:
         "up.0.0", "up.0.1", "up.1.0", "up.1.1",
     ]  # fmt: skip
     assert all("restart 1 of 1" in err for _, err in results)
+
+
+def test_node_0_closes_a_successful_job_with_one_line_and_quiet_with_none(runs: Runs) -> None:
+    job = Job(runs, 2, "--nproc-per-node", "2")
+    job.start_all()
+    (code0, err0), (code1, err1) = job.finish()
+    assert (code0, code1) == (0, 0), err0
+    took = re.fullmatch(r"rankrun: 4 ranks on 2 nodes exited 0 in (\d+\.\d) s", _last(err0)[-1])
+    assert took and float(took[1]) < 60, err0
+    assert "exited 0" not in err1, "node 0 has the report"
+    quiet = Job(runs, 2, "--nproc-per-node", "2", "--quiet")
+    quiet.start_all()
+    assert quiet.finish() == [(0, ""), (0, "")]
 
 
 def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def launch(
             if agent is None:
                 _conclude(outcome, plan, options, printer)
             else:
-                agent.conclude(outcome, printer, options.summary_json)
+                agent.conclude(outcome, printer, options.summary_json, options.quiet)
     except Interrupted as e:
         if outcome is None:
             raise
@@ -94,7 +94,7 @@ def _join(
         ) from None
     from rankrun.job.agent import Agent
 
-    return Agent.join(plan, script, args, options.run_id is not None, printer)
+    return Agent.join(plan, script, args, options.run_id is not None, printer, options.quiet)
 
 
 def _make_log_root(root: str, options: Options) -> None:
