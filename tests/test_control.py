@@ -365,6 +365,33 @@ def test_connect_waits_for_node_0_and_says_so() -> None:
     assert later[0].get("k") == b"v"
 
 
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""])
+def test_connect_says_that_something_else_answers_at_node_0s_address(reply: bytes) -> None:
+    # Another program holds the port: it answers with what it speaks, or closes at once.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the test closed the listener
+            with conn:
+                conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    notes: list[str] = []
+    try:
+        with pytest.raises(control.Unresponsive) as e:
+            control.connect("127.0.0.1", port, timeout=3.5, on_wait=notes.append, every=1.0)
+    finally:
+        listener.close()
+    said = "something else answers there, not a rankrun node 0: another program's port?"
+    assert notes and all(n == f"waiting for node 0 at 127.0.0.1:{port} ({said})" for n in notes)
+    assert f"did not answer within 3.5 s ({said})" in str(e.value)
+
+
 class Broken:
     """A client whose server is gone."""
 
