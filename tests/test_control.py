@@ -247,6 +247,32 @@ def test_stranger_is_told_and_changes_nothing() -> None:
     assert job.snapshot() == before
 
 
+def test_different_commands_are_shown_as_command_lines() -> None:
+    job = Job(3)
+    common = "train.py --config configs/r50_deformable_detr.yaml --output-dir /shared/out"
+    lines = {0: f"{common} --lr 2e-4", 1: f"{common} --lr 2e-4", 2: f"{common} --lr 2e-5 --x"}
+    infos = [node(r, 3)._replace(command_hash=lines[r][-9:]) for r in range(3)]
+    out: list[Any] = [None] * 3
+
+    def one(r: int) -> None:
+        try:
+            out[r] = control.join(job.store(), infos[r], timeout=20, command=lines[r])
+        except control.ControlError as e:
+            out[r] = e
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {str(e) for e in out} == {
+        "the training command differs: "
+        'node 0 runs ".../r50_deformable_detr.yaml --output-dir /shared/out --lr 2e-4", '
+        'node 2 runs "..._deformable_detr.yaml --output-dir /shared/out --lr 2e-5 --x": '
+        "start every node with the same settings"
+    }, out
+
+
 def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
     job = Job(2)
     out = join_all(job, [node(0, 2), node(2, 3)])

@@ -96,9 +96,17 @@ def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None
     assert (runs.workdir / "s.json").exists()
 
 
-@pytest.mark.parametrize("what", ["nproc", "node_rank"])
+@pytest.mark.parametrize("what", ["nproc", "node_rank", "command"])
 def test_nodes_that_disagree_all_stop_with_the_same_line(runs: Runs, what: str) -> None:
-    if what == "nproc":
+    if what == "command":
+        job = Job(runs, 2)
+        for node, lr in ((0, "0.1"), (1, "0.2")):
+            job.agents.append(runs.start(*job.argv(node), "--lr", lr))
+        expected = (
+            'the training command differs: node 0 runs "rank.py --lr 0.1", '
+            'node 1 runs "rank.py --lr 0.2"'
+        )
+    elif what == "nproc":
         job = Job(runs, 2)
         job.start(0, "--nproc-per-node", "1")
         job.start(1, "--nproc-per-node", "2")

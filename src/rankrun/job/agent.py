@@ -74,7 +74,8 @@ class Agent:
         def waiting(missing: list[int]) -> None:
             printer.event(f"waiting for node {', '.join(map(str, missing))} to join")
 
-        nodes = control.join(store, me, meeting.join_timeout, waiting)
+        command = control.command_line(script, args)
+        nodes = control.join(store, me, meeting.join_timeout, waiting, command=command)
         if not quiet:
             me_in = f"node {plan.node_rank} of job {plan.run_id}"
             printer.event(f"joined {plan.nnodes} nodes as {me_in}")
