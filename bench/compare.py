@@ -1,7 +1,7 @@
 """rankrun side by side with torchrun and the bare Popen loop, on the same workloads.
 
     python bench/compare.py                    # the full set: medians of 5, up to 256 ranks
-    python bench/compare.py --quick            # a reduced set, into results/quick/
+    python bench/compare.py --quick            # a reduced set, one node only, into results/quick/
     python bench/compare.py --launch-only      # only the launch rows (--sizes 1,8,64,256)
     python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4)
 
@@ -600,7 +600,9 @@ def count(text: str) -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced set, in a minute or two")
+    parser.add_argument("--quick", action="store_true",
+                        help="a reduced set, in under a minute, without the multi-node rows "
+                        "unless --multi-node-only or --agents asks for them")  # fmt: skip
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--launch-only", action="store_true",
                       help="only the launch rows, at --sizes")  # fmt: skip
@@ -631,11 +633,13 @@ def plan_for(args: argparse.Namespace) -> Plan:
     else:
         sizes, repeats, lines, failure_rounds = FULL_SIZES, 5, 200000, 5
     repeats = args.repeats or repeats
+    # Each agent imports torch: the multi-node rows alone took 2 of --quick's 3 minutes.
+    multi = not args.launch_only and (not args.quick or bool(args.multi_node_only or args.agents))
     return Plan(
         sizes=args.sizes or sizes, agents=args.agents or FULL_AGENTS, repeats=repeats,
         lines=lines, failure_rounds=min(failure_rounds, repeats),
         launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
-        multi=not args.launch_only,
+        multi=multi,
     )  # fmt: skip
 
 

@@ -247,6 +247,32 @@ def test_stranger_is_told_and_changes_nothing() -> None:
     assert job.snapshot() == before
 
 
+def test_different_commands_are_shown_as_command_lines() -> None:
+    job = Job(3)
+    common = "train.py --config configs/r50_deformable_detr.yaml --output-dir /shared/out"
+    lines = {0: f"{common} --lr 2e-4", 1: f"{common} --lr 2e-4", 2: f"{common} --lr 2e-5 --x"}
+    infos = [node(r, 3)._replace(command_hash=lines[r][-9:]) for r in range(3)]
+    out: list[Any] = [None] * 3
+
+    def one(r: int) -> None:
+        try:
+            out[r] = control.join(job.store(), infos[r], timeout=20, command=lines[r])
+        except control.ControlError as e:
+            out[r] = e
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {str(e) for e in out} == {
+        "the training command differs: "
+        'node 0 runs ".../r50_deformable_detr.yaml --output-dir /shared/out --lr 2e-4", '
+        'node 2 runs "..._deformable_detr.yaml --output-dir /shared/out --lr 2e-5 --x": '
+        "start every node with the same settings"
+    }, out
+
+
 def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
     job = Job(2)
     out = join_all(job, [node(0, 2), node(2, 3)])
@@ -363,6 +389,33 @@ def test_connect_waits_for_node_0_and_says_so() -> None:
     client = control.connect("127.0.0.1", port, timeout=20)
     client.set("k", "v")
     assert later[0].get("k") == b"v"
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""])
+def test_connect_says_that_something_else_answers_at_node_0s_address(reply: bytes) -> None:
+    # Another program holds the port: it answers with what it speaks, or closes at once.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the test closed the listener
+            with conn:
+                conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    notes: list[str] = []
+    try:
+        with pytest.raises(control.Unresponsive) as e:
+            control.connect("127.0.0.1", port, timeout=3.5, on_wait=notes.append, every=1.0)
+    finally:
+        listener.close()
+    said = "something else answers there, not a rankrun node 0: another program's port?"
+    assert notes and all(n == f"waiting for node 0 at 127.0.0.1:{port} ({said})" for n in notes)
+    assert f"did not answer within 3.5 s ({said})" in str(e.value)
 
 
 class Broken:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -40,6 +41,40 @@ def test_every_rank_exiting_0_is_success_even_at_different_times(runs: Runs) -> 
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [f"[rank{r}]: done {r}" for r in range(3)]
     assert "root cause" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    took = re.fullmatch(r"rankrun: 3 ranks exited 0 in (\d+\.\d) s", last)
+    assert took and 0.2 <= float(took[1]) < 10, result.stderr
+
+
+def test_quiet_success_prints_nothing_of_rankruns_and_a_failure_still_reports(
+    runs: Runs,
+) -> None:
+    runs.script("rank.sh", 'echo "done $RANK"\nexit "${CODE:-0}"\n')
+    # Without -q: the OMP_NUM_THREADS notice, the Slurm note, the closing line.
+    runs.env.update(SLURM_JOB_ID="77", SLURM_STEP_ID="0", SLURM_NNODES="1", SLURM_NODEID="0",
+                    SLURM_STEP_NODELIST="localhost", SLURM_NTASKS_PER_NODE="1")  # fmt: skip
+    loud = runs.gang(2, "./rank.sh")
+    assert loud.returncode == 0, loud.stderr
+    assert "rankrun: from Slurm job 77 step 0: " in loud.stderr
+    assert "rankrun: OMP_NUM_THREADS=1 for each rank" in loud.stderr
+    assert loud.stderr.splitlines()[-1].startswith("rankrun: 2 ranks exited 0 in ")
+    for quiet in ("-q", "--quiet"):
+        result = runs.gang(2, quiet, "./rank.sh")
+        assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        assert sorted(result.stdout.splitlines()) == ["[rank0]: done 0", "[rank1]: done 1"]
+    runs.env["CODE"] = "3"
+    failed = runs.gang(2, "-q", "./rank.sh")
+    assert failed.returncode == 3
+    assert "root cause: rank 0 (local rank 0" in failed.stderr or (
+        "root cause: rank 1 (local rank 1" in failed.stderr
+    )
+    assert failed.stderr.splitlines()[-1] == "rankrun: exit code 3"
+
+
+def test_one_rank_ends_as_silently_as_python_would(runs: Runs) -> None:
+    runs.script("rank.sh", "echo done\n")
+    result = runs.gang(1, "./rank.sh")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", ""), result.stderr
 
 
 @pytest.mark.parametrize("code", [1, 7, 255])
@@ -115,7 +150,13 @@ def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, sign
     _, err = launcher.communicate(timeout=20)
     assert time.monotonic() - started < 10, "the ranks end on the signal, not on SIGKILL"
     assert launcher.returncode == 128 + signum
-    assert f"got {signal.Signals(signum).name}" in err
+    name = signal.Signals(signum).name
+    assert f"got {name}" in err
+    # Closed as a stall stop is: what happened, what every rank did, the exit code.
+    closing = err.splitlines()[-3:]
+    assert closing[0] == f"rankrun: stopped: rankrun got {name}", err
+    assert closing[1].startswith("rankrun: others: ") and closing[1].endswith(": 0-3"), err
+    assert closing[2] == f"rankrun: exit code {128 + signum}", err
 
 
 def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:

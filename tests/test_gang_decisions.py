@@ -10,7 +10,7 @@ import pytest
 from rankrun.output.outcome import Ending, RankResult
 from rankrun.plan.options import Options
 from rankrun.plan.plan import RankSpec, build_plan
-from rankrun.run.gang import Gang, run_attempts
+from rankrun.run.gang import Gang, NoStacks, run_attempts
 from rankrun.run.rank import SpawnError
 from rankrun.run.watch import Event, Exited, Signalled
 
@@ -22,9 +22,14 @@ class Events:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.labelled_lines: list[str] = []
 
     def event(self, message: str) -> None:
         self.lines.append(message)
+
+    def labelled(self, line: str) -> None:
+        self.lines.append(line)
+        self.labelled_lines.append(line)
 
 
 class ScriptedHost:
@@ -45,6 +50,7 @@ class ScriptedHost:
         self.stop_cancelled = False
         self.last_output = self.clock
         self.stack_requests: list[list[tuple[int, int]]] = []
+        self.no_stacks = ""
         self._spawn_fails = spawn_fails
 
     def now(self) -> float:
@@ -102,6 +108,8 @@ class ScriptedHost:
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
         self.stack_requests.append(ranks)
+        if self.no_stacks:
+            raise NoStacks(self.no_stacks)
         return [f"[rank{rank}]: at work" for rank, _ in ranks]
 
 
@@ -211,8 +219,17 @@ def test_a_stall_is_reported_once_per_quiet_period_with_every_stack() -> None:
     attempt, events = supervise(host, ranks=2, stall_timeout=5.0)
     assert events.lines.count("stalled: no output for 5 s; every rank's stack:") == 1
     assert host.stack_requests == [[(0, 100), (1, 101)]]
-    assert "[rank1]: at work" in events.lines
+    # Labelled by rank alone, as rankrun stacks prints them, not "rankrun: [rank1]: ...".
+    assert events.labelled_lines == ["[rank0]: at work", "[rank1]: at work"]
     assert attempt.exit_code == 0, "dump: the job goes on"
+
+
+def test_a_stall_without_py_spy_is_one_event_that_says_why() -> None:
+    host = ScriptedHost([(1.0, [])] * 6 + [(0.1, [exit_(100)])])
+    host.no_stacks = "py-spy is needed to read stacks and is not installed"
+    _, events = supervise(host, ranks=1, stall_timeout=5.0)
+    assert "no stacks: py-spy is needed to read stacks and is not installed" in events.lines
+    assert events.labelled_lines == []
 
 
 def test_on_stall_stop_ends_the_job_with_124() -> None:
@@ -228,6 +245,7 @@ def test_a_rank_that_outlives_the_grace_has_its_stack_shown_before_sigkill() -> 
     _, events = supervise(host, ranks=2, shutdown_timeout=3.0)
     assert "rank(s) 1 did not stop within 3 s; they were at:" in events.lines
     assert host.stack_requests == [[(1, 101)]]
+    assert events.labelled_lines == ["[rank1]: at work"]
     assert events.lines.index("[rank1]: at work") < events.lines.index(
         "sent SIGKILL to 1 rank group(s)"
     )

@@ -98,9 +98,17 @@ def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None
     assert (runs.workdir / "s.json").exists()
 
 
-@pytest.mark.parametrize("what", ["nproc", "node_rank"])
+@pytest.mark.parametrize("what", ["nproc", "node_rank", "command"])
 def test_nodes_that_disagree_all_stop_with_the_same_line(runs: Runs, what: str) -> None:
-    if what == "nproc":
+    if what == "command":
+        job = Job(runs, 2)
+        for node, lr in ((0, "0.1"), (1, "0.2")):
+            job.agents.append(runs.start(*job.argv(node), "--lr", lr))
+        expected = (
+            'the training command differs: node 0 runs "rank.py --lr 0.1", '
+            'node 1 runs "rank.py --lr 0.2"'
+        )
+    elif what == "nproc":
         job = Job(runs, 2)
         job.start(0, "--nproc-per-node", "1")
         job.start(1, "--nproc-per-node", "2")
@@ -255,6 +263,19 @@ def test_restarts_are_job_wide(runs: Runs) -> None:
         "up.0.0", "up.0.1", "up.1.0", "up.1.1",
     ]  # fmt: skip
     assert all("restart 1 of 1" in err for _, err in results)
+
+
+def test_node_0_closes_a_successful_job_with_one_line_and_quiet_with_none(runs: Runs) -> None:
+    job = Job(runs, 2, "--nproc-per-node", "2")
+    job.start_all()
+    (code0, err0), (code1, err1) = job.finish()
+    assert (code0, code1) == (0, 0), err0
+    took = re.fullmatch(r"rankrun: 4 ranks on 2 nodes exited 0 in (\d+\.\d) s", _last(err0)[-1])
+    assert took and float(took[1]) < 60, err0
+    assert "exited 0" not in err1, "node 0 has the report"
+    quiet = Job(runs, 2, "--nproc-per-node", "2", "--quiet")
+    quiet.start_all()
+    assert quiet.finish() == [(0, ""), (0, "")]
 
 
 def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) -> None:

@@ -82,3 +82,16 @@ def test_faulthandler_stacks_after_a_native_crash_are_the_error() -> None:
         "",
         "Extension modules: numpy.core._multiarray_umath (total: 1)",
     ]
+
+
+def test_an_interrupt_closes_with_what_every_rank_did() -> None:
+    ranks = (
+        _result(0, code=None, sig=signal.SIGINT, terminated=True),
+        _result(1, code=130, terminated=True),
+    )
+    outcome = Outcome((Attempt(0, ranks, None, signal.SIGINT),))
+    assert format_report(outcome, "node7") == [
+        "stopped: rankrun got SIGINT",
+        "others: terminated (SIGINT): 0; exited with code 130 during the teardown: 1",
+        "exit code 130",
+    ]

@@ -84,6 +84,10 @@ def test_each_rank_stack_is_under_its_label(procs: StackProcs) -> None:
         ("rank0", a.pid, None, None),
         ("rank1", b.pid, None, None),
     ]
+    # No banner: the label names the rank, and the first thread's id is its pid. The command
+    # line, which py-spy's banner shows, spans lines with blank ones among them.
+    assert dumps[0].text.startswith(f"Thread {a.pid} ("), dumps[0].text
+    assert dumps[1].text.startswith(f"Thread {b.pid} ("), dumps[1].text
     assert "waiting_in_all_reduce" in dumps[0].text
     assert "waiting_in_barrier" not in dumps[0].text
     assert "waiting_in_barrier" in dumps[1].text

@@ -164,6 +164,12 @@ _OUTPUT = (
     ),
     Flag(("--timestamps",), "add wall-clock time to each line", switch=True),
     Flag(
+        ("-q", "--quiet"),
+        "print none of rankrun's own lines when all goes well (its notes, the closing "
+        "'N ranks exited 0' line); what goes wrong is still said",
+        switch=True,
+    ),
+    Flag(
         ("--log-dir",),
         "also write each rank's stdout and stderr to DIR/<run-id>/attempt_<k>/rank_<r>/",
         metavar="DIR",

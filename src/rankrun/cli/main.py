@@ -93,7 +93,7 @@ def _launch(args: Sequence[str], prog: str) -> int:
     from rankrun.job import launcher
 
     command = parse(args, os.environ, prog)
-    for note in command.notes:
+    for note in () if command.options.quiet else command.notes:
         print(f"rankrun: {note}", file=sys.stderr)
     try:
         if command.options.dry_run:

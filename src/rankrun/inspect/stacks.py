@@ -40,7 +40,7 @@ class StackDump(NamedTuple):
     pid: int
     """The process dumped."""
     text: str
-    """py-spy's report; empty on error."""
+    """py-spy's report, from the first thread on (no banner); empty on error."""
     error: str | None
     """One line saying why there is no report, with the fix; None on success."""
     via: int | None = None
@@ -284,13 +284,24 @@ def _finish(run: _Run, timeout: float) -> StackDump:
             return _failed(run, _timed_out(run.pid, timeout))
         if code == 0:
             run.out.seek(0)
-            return StackDump(run.label, run.pid, run.out.read().decode(errors="replace"), None,
-                             run.via)  # fmt: skip
+            text = _without_banner(run.out.read().decode(errors="replace"))
+            return StackDump(run.label, run.pid, text, None, run.via)
         run.err.seek(0)
         error = explain(run.pid, run.err.read().decode(errors="replace"))
         if run.searched and error.startswith("not a Python process"):
             error += ", nor is any process it started"
         return _failed(run, error)
+
+
+def _without_banner(text: str) -> str:
+    """py-spy's report without its banner: ``Process N: <command line>``, ``Python v3.X
+    (<path>)`` and a blank line. The label says which rank it is, and the first thread's id
+    is its pid. The command line may span lines, so the banner ends at the blank line after
+    ``Python v``."""
+    import re
+
+    banner = re.match(r"Process \d+: .*?\nPython v[^\n]*\n\n", text, re.DOTALL)
+    return text[banner.end() :] if banner else text
 
 
 def _failed(run: _Run, error: str) -> StackDump:

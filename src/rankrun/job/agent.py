@@ -39,16 +39,16 @@ class Agent:
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
-             printer: Printer) -> Agent:  # fmt: skip
+             printer: Printer, quiet: bool = False) -> Agent:  # fmt: skip
         """Meet the other nodes and agree on the job, or raise UsageError. Spawns nothing."""
         try:
-            return cls._join(plan, script, args, run_id_given, printer)
+            return cls._join(plan, script, args, run_id_given, printer, quiet)
         except control.ControlError as e:
             raise UsageError(str(e)) from None
 
     @classmethod
     def _join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
-              printer: Printer) -> Agent:  # fmt: skip
+              printer: Printer, quiet: bool) -> Agent:  # fmt: skip
         from rankrun.base.version import VERSION
 
         meeting = plan.rendezvous
@@ -74,8 +74,11 @@ class Agent:
         def waiting(missing: list[int]) -> None:
             printer.event(f"waiting for node {', '.join(map(str, missing))} to join")
 
-        nodes = control.join(store, me, meeting.join_timeout, waiting)
-        printer.event(f"joined {plan.nnodes} nodes as node {plan.node_rank} of job {plan.run_id}")
+        command = control.command_line(script, args)
+        nodes = control.join(store, me, meeting.join_timeout, waiting, command=command)
+        if not quiet:
+            me_in = f"node {plan.node_rank} of job {plan.run_id}"
+            printer.event(f"joined {plan.nnodes} nodes as {me_in}")
         return cls(plan, store, nodes, server)
 
     def run(self, host: Host, printer: Printer) -> Outcome:
@@ -164,9 +167,11 @@ class Agent:
         except (control.ControlError, RuntimeError):
             return None  # cut off now: the other nodes declare this one lost
 
-    def conclude(self, outcome: Outcome, printer: Printer, summary: str | None) -> None:
+    def conclude(
+        self, outcome: Outcome, printer: Printer, summary: str | None, quiet: bool = False
+    ) -> None:
         """Node 0: one report for the whole job. Other nodes: one line on how it ended."""
-        from rankrun.job.job_report import job_report, other_node_line
+        from rankrun.job.job_report import finished_job_line, job_report, other_node_line
 
         number = len(outcome.attempts) - 1
         end = self.link.ends.get(number) or {}
@@ -177,6 +182,8 @@ class Agent:
         results = self._gather(number, end)
         root = control.first_failure(self.store, number) if end.get("kind") == End.FAILURE else None
         lines = job_report(outcome, end, root, results, self.nodes)
+        if not lines and outcome.ok and len(results) == len(self.nodes) and not quiet:
+            lines = [finished_job_line(results)]
         for line in lines:
             printer.event(line)
         if summary is not None:

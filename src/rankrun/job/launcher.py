@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
 from rankrun.base.quoting import quote
-from rankrun.output.outcome import Outcome, signal_name
+from rankrun.output.outcome import Outcome, finished_line, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
 from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cpus
@@ -60,7 +60,7 @@ def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> O
         printer.events_to(plan.layout.events)
     outcome = None
     try:
-        _announce(plan, printer)
+        _announce(plan, options, printer)
         grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
         with Host(printer, grace, nproc, plan.token) as host:
             if agent is None:
@@ -72,7 +72,7 @@ def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> O
             if agent is None:
                 _conclude(outcome, plan, options, printer)
             else:
-                agent.conclude(outcome, printer, options.summary_json)
+                agent.conclude(outcome, printer, options.summary_json, options.quiet)
     except Interrupted as e:
         if outcome is None:
             raise
@@ -102,7 +102,7 @@ def _join(
         ) from None
     from rankrun.job.agent import Agent
 
-    return Agent.join(plan, script, args, options.run_id is not None, printer)
+    return Agent.join(plan, script, args, options.run_id is not None, printer, options.quiet)
 
 
 def _make_log_root(root: str, options: Options) -> None:
@@ -141,7 +141,9 @@ def _end_escaped(host: Host, printer: Printer) -> None:
         )
 
 
-def _announce(plan: Plan, printer: Printer) -> None:
+def _announce(plan: Plan, options: Options, printer: Printer) -> None:
+    if options.quiet:
+        return
     if plan.layout is not None:
         printer.event(f"logs in {quote(plan.layout.root)}")
     if plan.omp_num_threads is not None:
@@ -152,8 +154,12 @@ def _announce(plan: Plan, printer: Printer) -> None:
 
 
 def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) -> None:
-    if outcome.ok and len(outcome.attempts) == 1 and options.summary_json is None:
-        return
+    if outcome.ok and len(outcome.attempts) == 1:
+        # One rank stays as silent as the python it replaces.
+        if plan.world_size > 1 and not options.quiet:
+            printer.event(finished_line(outcome.ranks))
+        if options.summary_json is None:
+            return
     from rankrun.output.report import format_report
 
     hostname = os.uname().nodename

@@ -158,3 +158,11 @@ class Outcome(NamedTuple):
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+def finished_line(ranks: tuple[RankResult, ...]) -> str:
+    """How long the ranks ran, from the first start to the last end: ``4 ranks exited 0 in
+    13.9 s``."""
+    ran = [r for r in ranks if r.pid is not None]
+    took = max(r.ended_at for r in ran) - min(r.started_at for r in ran) if ran else 0.0
+    return f"{len(ranks)} ranks exited 0 in {took:.1f} s"

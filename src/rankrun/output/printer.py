@@ -67,8 +67,16 @@ class Printer:
             self._gone.add(stream)
 
     def event(self, message: str) -> None:
-        self.write(STDERR, self.stamp() + f"rankrun: {message}\n".encode())
-        if self._events is not None and not self._events.write(message):
+        self._own(f"rankrun: {message}", message)
+
+    def labelled(self, line: str) -> None:
+        """A line of rankrun's own that carries a label already (a rank's stack under the
+        event that asked for it): written as it is, and logged with the events."""
+        self._own(line, line)
+
+    def _own(self, line: str, logged: str) -> None:
+        self.write(STDERR, self.stamp() + f"{line}\n".encode())
+        if self._events is not None and not self._events.write(logged):
             self._events = None  # a full disk must not end the run: the console has it
 
     def events_to(self, path: str) -> None:

@@ -39,6 +39,7 @@ def format_report(outcome: Outcome, hostname: str) -> list[str]:
         lines.append(others_line(last))
     elif last.interrupted_by is not None:
         lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
+        lines.append(others_line(last))
     if lines:
         lines.append(f"exit code {outcome.exit_code}")
     return lines

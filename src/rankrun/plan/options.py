@@ -44,6 +44,8 @@ class Options(NamedTuple):
     redirects: str = "0"
     tee: str = "0"
     summary_json: str | None = None
+    quiet: bool = False
+    """Say nothing of rankrun's own unless something goes wrong: no notes, no closing line."""
     cpu_bind: str = "none"
     """``none``, ``cores`` (an equal share of whole cores each) or ``numa`` (the GPU's node)."""
     numa_binding: str | None = None

@@ -26,6 +26,11 @@ _SAME_SIGNAL_S = 0.25
 # --on-stall stop: the exit code timeout(1) gives a command that ran out of time.
 STALL_EXIT_CODE = 124
 
+
+class NoStacks(Exception):
+    """No stack can be read at all (py-spy is missing); the message says why, with the fix."""
+
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is for mypy
     from typing import Protocol
@@ -45,7 +50,8 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def wait(self, timeout: float | None) -> list[Event]: ...
         def suspend_pending(self) -> bool: ...
         def pause(self) -> None: ...
-        def stacks(self, ranks: list[tuple[int, int]]) -> list[str]: ...
+        def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
+            """Each rank's stack, its lines labelled ``[rankN]: ``; raises NoStacks."""
 
         @property
         def last_output(self) -> float: ...
@@ -240,8 +246,7 @@ class Gang:
             return
         self.stall_seen = quiet_since
         self.printer.event(f"stalled: no output for {limit:g} s; every rank's stack:")
-        for line in self.host.stacks(self._live_ranks()):
-            self.printer.event(line)
+        self._show_stacks(self._live_ranks())
         if self.plan.on_stall == "stop":
             self.halted = Halt(f"stalled: no rank wrote a line for {limit:g} s", STALL_EXIT_CODE)
             self._teardown(signal.SIGTERM)
@@ -256,8 +261,18 @@ class Gang:
         names = ", ".join(str(rank) for rank, _ in ranks)
         grace = self.plan.shutdown_timeout
         self.printer.event(f"rank(s) {names} did not stop within {grace:g} s; they were at:")
-        for line in self.host.stacks(ranks):
-            self.printer.event(line)
+        self._show_stacks(ranks)
+
+    def _show_stacks(self, ranks: list[tuple[int, int]]) -> None:
+        """The stacks under the event that asked for them, labelled by rank alone, as
+        ``rankrun stacks`` prints them."""
+        try:
+            lines = self.host.stacks(ranks)
+        except NoStacks as e:
+            self.printer.event(f"no stacks: {e}")
+            return
+        for line in lines:
+            self.printer.labelled(line)
 
     def _live_ranks(self) -> list[tuple[int, int]]:
         return [(m.spec.rank, m.pid) for m in self.members if m.pid and m.ending is None]

@@ -172,14 +172,15 @@ class Host:
         return end_escaped(self._reaper, self._watch, self._grace)
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
-        """The Python stacks of ranks given as (rank, pid), labelled; or why there are none."""
+        """The Python stacks of ranks given as (rank, pid), labelled; raises NoStacks."""
         from rankrun.inspect.stacks import StacksError, dump, format_dumps
+        from rankrun.run.gang import NoStacks
 
         try:
             with self._watch.job.released():
                 dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
         except StacksError as e:
-            return [f"no stacks: {e}"]
+            raise NoStacks(str(e)) from None
         return format_dumps(dumps).splitlines()
 
     def suspend_pending(self) -> bool:

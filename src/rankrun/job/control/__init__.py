@@ -8,6 +8,7 @@ Keys (``P`` is ``rankrun/<run id>``)::
 
     rankrun/job                        JobInfo, written once by node 0 when it starts hosting
     P/join/claim/<node>                the NodeInfo of the agent that holds --node-rank <node>
+    P/join/command/<node>              its command line, read only when the commands differ
     P/join/joined                      counter: node ranks claimed
     P/join/complete                    set when all nodes have claimed: later arrivals are strangers
     P/join/agreed                      counter: agents that found every node's settings agree
@@ -74,6 +75,7 @@ from rankrun.job.control.join import (
     Mismatch,
     NodeInfo,
     command_hash,
+    command_line,
     config_hash,
     join,
 )
@@ -110,6 +112,7 @@ __all__ = [
     "bounded",
     "clear_rank_keys",
     "command_hash",
+    "command_line",
     "config_hash",
     "connect",
     "end_attempt",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import queue
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ AGREED_FIELDS = {
     "version": "rankrun's version",
     "command_hash": "the training command (hash)",
 }
+COMMAND_KEPT = 1000  # characters of a node's command line kept in the store, for the message
+COMMAND_SHOWN = 60  # characters of each command line shown, around the first difference
 
 
 def config_hash(me: NodeInfo) -> str:
@@ -74,14 +77,25 @@ def command_hash(script: str, args: Sequence[str]) -> str:
     return hashlib.sha256("\0".join((script, *args)).encode()).hexdigest()[:12]
 
 
+def command_line(script: str, args: Sequence[str]) -> str:
+    """The command as the user gave it, as a shell would read it, for a mismatch's message."""
+    import shlex
+
+    return shlex.join((script, *args))[:COMMAND_KEPT]
+
+
 def join(
     store: JobStore,
     me: NodeInfo,
     timeout: float = JOIN_TIMEOUT,
     on_wait: Callable[[list[int]], None] = lambda missing: None,
     every: float = WAIT_NOTE_EVERY,
+    command: str = "",
 ) -> list[NodeInfo]:
     """Claim ``me.node_rank``, wait for every node, and check that their settings agree.
+
+    ``command`` (``command_line()``) is kept beside the claim, out of it: read only when the
+    commands differ, so that nodes do not read every other node's command line.
 
     Returns every node's info, by node rank. Calls ``on_wait(missing node ranks)`` about every
     ``every`` seconds while waiting. Raises ``Stranger`` (having written nothing) when the
@@ -92,7 +106,7 @@ def join(
     """
     assert store.run_id == me.run_id, (store.run_id, me.run_id)
     notes: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-    call = Call(lambda: _join(store, me, timeout, notes.put, every))
+    call = Call(lambda: _join(store, me, timeout, notes.put, every, command))
     limit = time.monotonic() + timeout + 2 * ABORT_LINGER + 30
     while not call.wait(min(1.0, max(0.0, limit - time.monotonic()))):
         _drain(notes, on_wait)
@@ -119,6 +133,7 @@ def _join(
     timeout: float,
     on_wait: Callable[[list[int]], None],
     every: float,
+    command: str,
 ) -> list[NodeInfo]:
     deadline = time.monotonic() + timeout
     job = read_job(store.client, min(timeout, JOB_KEY_WAIT))
@@ -138,13 +153,14 @@ def _join(
             raise Stranger(held_by(job, _late(job, me)))
         message = _duplicate(NodeInfo(**load(held)), me)
         _abort(store, me, message, DuplicateNodeRank, member=False)
+    store.client.set(store.key("join", "command", me.node_rank), command)
     store.client.add(store.key("hb", me.node_rank), 1)  # every hb key exists once all joined
     if store.client.add(store.key("join", "joined"), 1) == job.nnodes:
         store.client.set(store.key("join", "complete"), "1")
     _wait_all(store, me, job.nnodes, "joined", deadline, on_wait, every)
     claims = [store.key("join", "claim", r) for r in range(job.nnodes)]
     nodes = [NodeInfo(**load(raw)) for raw in store.client.multi_get(claims)]
-    message = _disagreement(nodes, list(range(job.nnodes)))
+    message = _disagreement(nodes, list(range(job.nnodes)), lambda r: _commands(store, r))
     if message:
         _abort(store, me, message, Mismatch)
     store.client.add(store.key("join", "agreed"), 1)
@@ -206,20 +222,58 @@ def _raise_abort(store: JobStore, me: NodeInfo, member: bool = True) -> None:
     raise kind(verdict["message"])
 
 
-def _disagreement(nodes: Sequence[NodeInfo], ranks: Sequence[int]) -> str:
-    """``--nproc-per-node: node 0 has 8, node 3 has 4``, one clause per field; '' if none."""
+def _disagreement(
+    nodes: Sequence[NodeInfo],
+    ranks: Sequence[int],
+    commands: Callable[[list[int]], list[str]] | None = None,
+) -> str:
+    """``--nproc-per-node: node 0 has 8, node 3 has 4``, one clause per field; '' if none.
+
+    Differing commands are shown as command lines, read through ``commands(node ranks)``,
+    where every node shown kept one; as hashes otherwise.
+    """
     clauses = []
     for field, label in AGREED_FIELDS.items():
         first = getattr(nodes[0], field)
         odd = [(r, getattr(n, field)) for r, n in zip(ranks, nodes, strict=True)]
         odd = [(r, v) for r, v in odd if v != first]
-        if odd:
-            shown = ", ".join(f"node {r} has {v}" for r, v in odd[:5])
-            more = f", and {len(odd) - 5} more" if len(odd) > 5 else ""
-            clauses.append(f"{label}: node {ranks[0]} has {first}, {shown}{more}")
+        if not odd:
+            continue
+        more = f", and {len(odd) - 5} more" if len(odd) > 5 else ""
+        shown = [(ranks[0], first), *odd[:5]]
+        if field == "command_hash" and commands is not None:
+            lines = commands([r for r, _ in shown])
+            if all(lines):
+                runs = zip(shown, _shortened(lines), strict=True)
+                said = ", ".join(f"node {r} runs {line}" for (r, _), line in runs)
+                clauses.append(f"the training command differs: {said}{more}")
+                continue
+        said = ", ".join(f"node {r} has {v}" for r, v in shown)
+        clauses.append(f"{label}: {said}{more}")
     if not clauses:
         return ""
     return "; ".join(clauses) + ": start every node with the same settings"
+
+
+def _commands(store: JobStore, ranks: list[int]) -> list[str]:
+    keys = [store.key("join", "command", r) for r in ranks]
+    if not store.client.check(keys):  # a node of a version that kept none: get would wait
+        return [""] * len(keys)
+    return [raw.decode(errors="replace") for raw in store.client.multi_get(keys)]
+
+
+def _shortened(lines: list[str]) -> list[str]:
+    """Each command line, quoted, cut to ``COMMAND_SHOWN`` characters around where it first
+    differs from the first one (the first one: from the second)."""
+    shown = []
+    for i, line in enumerate(lines):
+        other = lines[1] if i == 0 else lines[0]
+        same = len(os.path.commonprefix([line, other]))
+        start = max(0, min(same - COMMAND_SHOWN // 3, len(line) - COMMAND_SHOWN))
+        cut = line[start : start + COMMAND_SHOWN]
+        head, tail = ("..." if start else ""), ("..." if start + COMMAND_SHOWN < len(line) else "")
+        shown.append(f'"{head}{cut}{tail}"')
+    return shown
 
 
 def _duplicate(first: NodeInfo, second: NodeInfo) -> str:

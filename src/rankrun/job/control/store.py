@@ -141,7 +141,10 @@ def connect(
                 "is node 0 started, and are --master-addr and --master-port the same on every node?"
             )
         if pending is None:
-            pending, started = Call(_client(dist, addr, port, min(every, deadline - now))), now
+            # A try lasts about 1.4 times its limit: a third of ``every`` ends it before the
+            # next note, so that each note says what the last try met.
+            seconds = min(every / 3, deadline - now)
+            pending, started = Call(_client(dist, addr, port, seconds)), now
         if pending.wait(min(1.0, max(0.0, deadline - now))):
             try:
                 client = pending.result()
@@ -162,9 +165,19 @@ def _client(dist: Any, addr: str, port: int, seconds: float) -> Callable[[], Any
     return lambda: dist.TCPStore(addr, port, None, False, timedelta(seconds=seconds))
 
 
+# What torch's client says when the listener is not a TCPStore: a reply it can't read (an HTTP
+# or SSH server), or a connection closed at once.
+_NOT_A_STORE = ("invalid value returned from server", "Connection reset", "Broken pipe",
+                "Connection closed")  # fmt: skip
+
+
 def _why(error: RuntimeError) -> str:
     text = first_line(error)
-    return "nothing answers there yet" if "trying to connect" in text else text
+    if "trying to connect" in text:
+        return "nothing answers there yet"
+    if any(words in text for words in _NOT_A_STORE):
+        return "something else answers there, not a rankrun node 0: another program's port?"
+    return text
 
 
 def announce(client: Any, job: JobInfo) -> None:
