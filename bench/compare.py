@@ -4,11 +4,13 @@
     python bench/compare.py --quick            # a reduced set, into results/quick/
     python bench/compare.py --launch-only      # only the launch rows (--sizes 1,8,64,256)
     python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4)
+    python bench/compare.py --rest-only        # only failure, leftovers and output (4x20 MB)
 
 Writes results/latest.md (the tables), results/latest.json (every sample) and, with
 matplotlib, results/launch_overhead.png. Runs are interleaved launcher by launcher, and each
 figure is a median; ratios are to the bare loop measured in the same run. A partial run
-(--launch-only, --multi-node-only, --sizes, --repeats, --agents) writes to results/partial/.
+(--launch-only, --multi-node-only, --rest-only, --sizes, --repeats, --agents) writes to
+results/partial/.
 
 rankrun's guardian (comm ``rankrun-guard``) outlives the launcher by design: about a second
 after a SIGKILL, looking for ranks still being started. It is not counted as left behind;
@@ -407,7 +409,7 @@ class Plan:
     repeats: int
     lines: int  # per rank, for the output row
     failure_rounds: int  # of the repeats, those that also time a failure (both tables)
-    launch: bool = True  # the launch rows
+    launch: bool = True  # the single-node table, with launch columns at each of sizes
     rest: bool = True  # failure, leftovers, peak RSS and output
     multi: bool = True  # the multi-node rows
 
@@ -654,6 +656,8 @@ def parse_args() -> argparse.Namespace:
                       help="only the launch rows, at --sizes")  # fmt: skip
     only.add_argument("--multi-node-only", action="store_true",
                       help="only the multi-node rows, at --agents")  # fmt: skip
+    only.add_argument("--rest-only", action="store_true",
+                      help="only failure, leftovers, guardian, peak RSS and output")  # fmt: skip
     parser.add_argument("--sizes", type=counts, help="ranks for the launch rows (default: "
                         f"{','.join(map(str, FULL_SIZES))}; 1,8 with --quick)")  # fmt: skip
     parser.add_argument("--agents", type=counts, help="agents for the multi-node rows "
@@ -667,7 +671,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.results is None:  # neither a quick nor a partial run overwrites the full results
         args.results = RESULTS / "quick" if args.quick else RESULTS
-        partial = [args.launch_only, args.multi_node_only, args.sizes, args.agents, args.repeats]
+        partial = [args.launch_only, args.multi_node_only, args.rest_only, args.sizes, args.agents,
+                   args.repeats]  # fmt: skip
         if not args.quick and any(partial):
             args.results = RESULTS / "partial"
     return args
@@ -680,16 +685,17 @@ def plan_for(args: argparse.Namespace) -> Plan:
         sizes, repeats, lines, failure_rounds = FULL_SIZES, 5, 200000, 5
     repeats = args.repeats or repeats
     return Plan(
-        sizes=args.sizes or sizes, agents=args.agents or FULL_AGENTS, repeats=repeats,
-        lines=lines, failure_rounds=min(failure_rounds, repeats),
+        sizes=[] if args.rest_only else args.sizes or sizes, agents=args.agents or FULL_AGENTS,
+        repeats=repeats, lines=lines, failure_rounds=min(failure_rounds, repeats),
         launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
-        multi=not args.launch_only,
+        multi=not (args.launch_only or args.rest_only),
     )  # fmt: skip
 
 
 def command_line(args: argparse.Namespace) -> str:
     flags = [flag for flag, on in (("--quick", args.quick), ("--launch-only", args.launch_only),
-             ("--multi-node-only", args.multi_node_only)) if on]  # fmt: skip
+             ("--multi-node-only", args.multi_node_only), ("--rest-only", args.rest_only))
+             if on]  # fmt: skip
     for flag, values in (("--sizes", args.sizes), ("--agents", args.agents)):
         flags += [flag, ",".join(map(str, values))] if values else []
     flags += ["--repeats", str(args.repeats)] if args.repeats else []
@@ -755,7 +761,7 @@ def main() -> None:
         {"machine": info, "quick": args.quick, "plan": asdict(plan), "sizes": plan.sizes,
          "lines": plan.lines, "rows": rows, "samples": samples,
          "multi_node": {"rows": multi_rows, "samples": across}}, indent=1) + "\n")  # fmt: skip
-    if plan.launch and not plot(samples, plan.sizes, args.results / "launch_overhead.png"):
+    if plan.sizes and not plot(samples, plan.sizes, args.results / "launch_overhead.png"):
         print("no plot: pip install matplotlib (the bench extra)", file=sys.stderr)
     print(text)
 
