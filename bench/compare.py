@@ -4,11 +4,17 @@
     python bench/compare.py --quick            # a reduced set, one node only, into results/quick/
     python bench/compare.py --launch-only      # only the launch rows (--sizes 1,8,64,256)
     python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4)
+    python bench/compare.py --rest-only        # only failure, leftovers and output (4x20 MB)
 
 Writes results/latest.md (the tables), results/latest.json (every sample) and, with
 matplotlib, results/launch_overhead.png. Runs are interleaved launcher by launcher, and each
 figure is a median; ratios are to the bare loop measured in the same run. A partial run
-(--launch-only, --multi-node-only, --sizes, --repeats, --agents) writes to results/partial/.
+(--launch-only, --multi-node-only, --rest-only, --sizes, --repeats, --agents) writes to
+results/partial/.
+
+rankrun's guardian (comm ``rankrun-guard``) outlives the launcher by design: about a second
+after a SIGKILL, looking for ranks still being started. It is not counted as left behind;
+how long it stayed after the launcher exited has a column of its own.
 
 The multi-node rows run N agents of one rank each on this host, rankrun's on one
 --master-port and torchrun's on one c10d --rdzv-endpoint; the bare loop has no such mode.
@@ -47,6 +53,9 @@ HANG_S = 3.0  # a launcher that has not exited this long after a rank failed is 
 # timeout still shows as a time; an agent running this long after the failure is hung.
 MULTI_HANG_S = 20.0
 MULTI_START_S = 60.0  # for N agents, each importing torch, to bring up their ranks
+GUARDIAN = "rankrun-guard"  # the comm rankrun's guardian gives itself
+GUARDIAN_LIMIT_S = 40.0  # longer than rankrun's default grace period (30 s)
+SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")  # sent to the launcher, for the leftovers
 FULL_SIZES, FULL_AGENTS = [1, 8, 64, 256], [2, 4]
 
 
@@ -158,8 +167,17 @@ class Job:
         return exited
 
     def leftovers(self) -> int:
-        """Live processes this job started, other than a launcher that is still running."""
-        return len([p for p in tagged(self.tag) if p != self.proc.pid])
+        """Live processes this job started, other than a launcher still running and its guardian."""
+        return len(left_behind(self.tag, {self.proc.pid}))
+
+    def guardian_stay(self, exited: float) -> float | None:
+        """Seconds from ``exited`` until no guardian of this job is left, polled every 10 ms;
+        None when there was none; GUARDIAN_LIMIT_S or more when one stayed that long."""
+        seen = False
+        while guardians(self.tag) and time.time() < exited + GUARDIAN_LIMIT_S:
+            seen = True
+            time.sleep(0.01)
+        return max(0.0, time.time() - exited) if seen else None
 
     def end(self) -> None:
         kill_tagged(self.tag)
@@ -208,7 +226,7 @@ class Agents:
     def leftovers(self) -> int:
         """Live processes these agents started, other than agents that are still running."""
         running = {job.proc.pid for job in self.jobs if job.proc.returncode is None}
-        return len([p for p in tagged(self.tag) if p not in running])
+        return len(left_behind(self.tag, running))
 
     def end(self) -> None:
         kill_tagged(self.tag)
@@ -232,6 +250,23 @@ def tagged(tag: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def guardians(tag: str) -> list[int]:
+    return [p for p in tagged(tag) if comm(p) == GUARDIAN]
+
+
+def left_behind(tag: str, running: set[int]) -> list[int]:
+    """Live processes that carry ``tag``, but for ``running`` launchers and rankrun's guardian."""
+    return [p for p in tagged(tag) if p not in running and comm(p) != GUARDIAN]
 
 
 def kill_tagged(tag: str) -> None:
@@ -291,16 +326,18 @@ def measure_failure(launcher: Launcher) -> dict[str, float | int | None]:
             job.end()
 
 
-def measure_signal(launcher: Launcher, signum: int) -> int:
-    """Processes alive one second after the launcher got ``signum`` (and exited, if it did)."""
+def measure_signal(launcher: Launcher, signum: int) -> dict[str, float | int | None]:
+    """Processes alive one second after the launcher got ``signum`` (and exited, if it did),
+    and how long rankrun's guardian stayed after the launcher exited."""
     with tempfile.TemporaryDirectory() as work:
         job = Job.start(launcher.argv(4, WORKLOADS / "block.sh", False), Path(work))
         try:
             wait_for_ranks(Path(work), 4)
             job.proc.send_signal(signum)
-            job.wait(timeout=40)
-            time.sleep(1)
-            return job.leftovers()
+            exited = job.wait(timeout=40)
+            stay = None if exited is None else job.guardian_stay(exited)
+            time.sleep(max(0.0, (exited or time.time()) + 1 - time.time()))
+            return {"leftovers": job.leftovers(), "guardian_s": stay}
         finally:
             job.end()
 
@@ -372,7 +409,7 @@ class Plan:
     repeats: int
     lines: int  # per rank, for the output row
     failure_rounds: int  # of the repeats, those that also time a failure (both tables)
-    launch: bool = True  # the launch rows
+    launch: bool = True  # the single-node table, with launch columns at each of sizes
     rest: bool = True  # failure, leftovers, peak RSS and output
     multi: bool = True  # the multi-node rows
 
@@ -407,9 +444,9 @@ def run_all(
                     record(across, agent.name, f"failure_{n}", measure_multi_failure(agent, n))
         print(f"  round {i + 1} of {plan.repeats} done", file=sys.stderr)
     for launcher in chosen.values() if plan.rest else []:  # one run each: a count, not a timing
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            record(samples, launcher.name, f"leftovers_{signum.name}",
-                   measure_signal(launcher, signum))  # fmt: skip
+        for name in SIGNALS:
+            record(samples, launcher.name, f"signal_{name}",
+                   measure_signal(launcher, signal.Signals[name]))  # fmt: skip
     return samples, across
 
 
@@ -429,7 +466,8 @@ def summarize(samples: dict, plan: Plan) -> dict[str, dict[str, object]]:
             "failure_latency": median([f["latency_s"] for f in failures]),
             "exit_code": failures[-1]["exit_code"],
             "leftovers_failure": max(f["leftovers"] for f in failures),
-            **{k: v[0] for k, v in figures.items() if k.startswith("leftovers_")},
+            **{f"leftovers_{s}": figures[f"signal_{s}"][0]["leftovers"] for s in SIGNALS},
+            **{f"guardian_{s}": figures[f"signal_{s}"][0]["guardian_s"] for s in SIGNALS},
             "peak_mib": median([o["peak_mib"] for o in outputs]),
             "output_s": median([o["seconds"] for o in outputs]),
             "output_lines": min(o["lines"] for o in outputs),
@@ -475,7 +513,8 @@ def table(rows: dict[str, dict[str, object]], plan: Plan, absent: list[str]) -> 
     heads = [f"launch, {n} rank{'s' * (n > 1)}" for n in plan.sizes]
     if plan.rest:
         heads += ["failure → exit", "exit code", "left behind: failure / INT / TERM / KILL",
-                  "peak RSS", f"output, 4×{plan.lines * 100 / 1e6:g} MB"]  # fmt: skip
+                  "guardian stays: INT / TERM / KILL", "peak RSS",
+                  f"output, 4×{plan.lines * 100 / 1e6:g} MB"]  # fmt: skip
     out = ["| launcher | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for name, r in rows.items():
         cells = [f"{r[f'launch_{n}']:.3f} s{_ratio(r[f'launch_{n}'], base[f'launch_{n}'])}"
@@ -495,11 +534,22 @@ def rest_cells(r: dict[str, object], base: dict[str, object], lines: int) -> lis
     left = [r["leftovers_failure"], r["leftovers_SIGINT"], r["leftovers_SIGTERM"],
             r["leftovers_SIGKILL"]]  # fmt: skip
     cells.append(" / ".join(map(str, left)))
+    stays = [r[f"guardian_{s}"] for s in SIGNALS]
+    cells.append("none" if all(s is None for s in stays) else " / ".join(map(_stay, stays)))
     peak = r["peak_mib"]
     cells.append("n/a (no GNU time)" if peak != peak else f"{peak:.0f} MiB")
     complete = "" if r["output_lines"] >= 4 * lines else " (lines lost!)"
     cells.append(f"{r['output_s']:.2f} s{_ratio(r['output_s'], base['output_s'])}{complete}")
     return cells
+
+
+def _stay(seconds: object) -> str:
+    if seconds is None:
+        return "none"
+    assert isinstance(seconds, float)
+    if seconds >= GUARDIAN_LIMIT_S:
+        return f"over {GUARDIAN_LIMIT_S:g} s"
+    return f"{seconds * 1000:.0f} ms"
 
 
 def _seconds(value: object, missing: str) -> str:
@@ -608,6 +658,8 @@ def parse_args() -> argparse.Namespace:
                       help="only the launch rows, at --sizes")  # fmt: skip
     only.add_argument("--multi-node-only", action="store_true",
                       help="only the multi-node rows, at --agents")  # fmt: skip
+    only.add_argument("--rest-only", action="store_true",
+                      help="only failure, leftovers, guardian, peak RSS and output")  # fmt: skip
     parser.add_argument("--sizes", type=counts, help="ranks for the launch rows (default: "
                         f"{','.join(map(str, FULL_SIZES))}; 1,8 with --quick)")  # fmt: skip
     parser.add_argument("--agents", type=counts, help="agents for the multi-node rows "
@@ -621,7 +673,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.results is None:  # neither a quick nor a partial run overwrites the full results
         args.results = RESULTS / "quick" if args.quick else RESULTS
-        partial = [args.launch_only, args.multi_node_only, args.sizes, args.agents, args.repeats]
+        partial = [args.launch_only, args.multi_node_only, args.rest_only, args.sizes, args.agents,
+                   args.repeats]  # fmt: skip
         if not args.quick and any(partial):
             args.results = RESULTS / "partial"
     return args
@@ -634,10 +687,12 @@ def plan_for(args: argparse.Namespace) -> Plan:
         sizes, repeats, lines, failure_rounds = FULL_SIZES, 5, 200000, 5
     repeats = args.repeats or repeats
     # Each agent imports torch: the multi-node rows alone took 2 of --quick's 3 minutes.
-    multi = not args.launch_only and (not args.quick or bool(args.multi_node_only or args.agents))
+    multi = not (args.launch_only or args.rest_only) and (
+        not args.quick or bool(args.multi_node_only or args.agents)
+    )
     return Plan(
-        sizes=args.sizes or sizes, agents=args.agents or FULL_AGENTS, repeats=repeats,
-        lines=lines, failure_rounds=min(failure_rounds, repeats),
+        sizes=[] if args.rest_only else args.sizes or sizes, agents=args.agents or FULL_AGENTS,
+        repeats=repeats, lines=lines, failure_rounds=min(failure_rounds, repeats),
         launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
         multi=multi,
     )  # fmt: skip
@@ -645,7 +700,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
 
 def command_line(args: argparse.Namespace) -> str:
     flags = [flag for flag, on in (("--quick", args.quick), ("--launch-only", args.launch_only),
-             ("--multi-node-only", args.multi_node_only)) if on]  # fmt: skip
+             ("--multi-node-only", args.multi_node_only), ("--rest-only", args.rest_only))
+             if on]  # fmt: skip
     for flag, values in (("--sizes", args.sizes), ("--agents", args.agents)):
         flags += [flag, ",".join(map(str, values))] if values else []
     flags += ["--repeats", str(args.repeats)] if args.repeats else []
@@ -667,7 +723,9 @@ def report(
     ]
     if plan.launch:
         failures = f" ({plan.failure_rounds} for failure → exit)" if plan.rest else ""
-        counted = "; leftovers are counted once per case, one second after it" if plan.rest else ""
+        counted = ("; leftovers are counted once per case, one second after it, rankrun's "
+                   "guardian apart (how long it stayed after the launcher exited)"
+                   if plan.rest else "")  # fmt: skip
         text += [
             f"Command: `{command_line(args)}`; medians of {plan.repeats} interleaved "
             f"runs{failures}; ratios are to the bare loop{counted}.",
@@ -709,7 +767,7 @@ def main() -> None:
         {"machine": info, "quick": args.quick, "plan": asdict(plan), "sizes": plan.sizes,
          "lines": plan.lines, "rows": rows, "samples": samples,
          "multi_node": {"rows": multi_rows, "samples": across}}, indent=1) + "\n")  # fmt: skip
-    if plan.launch and not plot(samples, plan.sizes, args.results / "launch_overhead.png"):
+    if plan.sizes and not plot(samples, plan.sizes, args.results / "launch_overhead.png"):
         print("no plot: pip install matplotlib (the bench extra)", file=sys.stderr)
     print(text)
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import Runs, wait_dead
+from conftest import BLOCKING_RANK, Runs, tagged_pids, wait_dead
 
 from rankrun.run import guardian
 
@@ -103,3 +103,25 @@ def _survivors(runs: Runs, launcher: str, pid_files: list[str]) -> list[int]:
     assert dying.returncode == -signal.SIGKILL
     pids = [int((runs.workdir / f).read_text()) for f in pid_files]
     return wait_dead(pids, timeout=10)
+
+
+def test_the_guardian_is_named_apart_and_leaves_a_second_after_the_launchers_sigkill(
+    runs: Runs,
+) -> None:
+    runs.script("rank.sh", BLOCKING_RANK)
+    launcher = runs.start_gang(2, "--shutdown-timeout", "10", "./rank.sh")
+    ours = {int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()}
+    (guard,) = set(tagged_pids(runs.tag)) - ours - {launcher.pid}
+    assert _comm(guard) == "rankrun-guard", "ps must not show it as a rankrun still running"
+    assert _comm(launcher.pid) != "rankrun-guard"
+    launcher.kill()
+    killed = time.monotonic()
+    launcher.communicate(timeout=10)
+    assert wait_dead([guard], timeout=10) == []
+    # It looks for stragglers for a second; the ranks end on SIGTERM, long before the grace.
+    assert time.monotonic() - killed < 4
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()

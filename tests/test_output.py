@@ -245,6 +245,42 @@ def test_a_log_dir_with_a_newline_is_quoted_on_one_line(runs: Runs) -> None:
     assert (runs.workdir / "my\nlogs/r/attempt_0/rank_0/stdout.log").read_text() == "out\n"
 
 
+def test_a_rank_writes_a_mebibyte_before_it_waits_for_the_relay(runs: Runs) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_GETPIPE_SZ"):
+        pytest.skip("pipes are widened on Linux only")
+    runs.script(
+        "size.py",
+        """
+        import fcntl
+        print(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ), fcntl.fcntl(2, fcntl.F_GETPIPE_SZ))
+    """,
+        executable=False,
+    )
+    result = runs.gang(2, "size.py")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [f"[rank{r}]: {1 << 20} {1 << 20}" for r in (0, 1)]
+
+
+def test_a_slow_console_slows_the_ranks_and_memory_stays_bounded(runs: Runs) -> None:
+    runs.script("rank.sh", 'yes "$(printf %099d "$RANK")" | head -c 16000000\n')
+    launcher = subprocess.Popen(
+        runs.argv("--nproc_per_node", "2", "--master_port", "0", "./rank.sh"),
+        env=runs.env,
+        cwd=runs.workdir,
+        stdout=subprocess.PIPE,
+    )
+    assert launcher.stdout is not None
+    lines, peak_kib = 0, 0
+    while chunk := os.read(launcher.stdout.fileno(), 64 << 10):
+        lines += chunk.count(b"\n")
+        peak_kib = max(peak_kib, _vm_hwm_kib(launcher.pid))
+        time.sleep(0.002)
+    assert launcher.wait(timeout=20) == 0
+    assert lines == 2 * 160000
+    assert 0 < peak_kib < 30 * 1024  # what the ranks wrote: 32 MB
+
+
 def test_a_one_gigabyte_line_streams_out_in_bounded_memory(runs: Runs) -> None:
     runs.script(
         "big.py",

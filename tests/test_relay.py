@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 from collections.abc import Iterator
 
 import pytest
 
-from rankrun.output.relay import MAX_LINE, TAIL_BYTES, Relay, Tail
+from rankrun.output.relay import MAX_LINE, READ_BYTES, TAIL_BYTES, WINDOW, Relay, Tail
+from rankrun.run.rank import pipe_bytes
 
 
 class FakePrinter:
@@ -20,8 +23,8 @@ class FakePrinter:
     def stamp(self) -> bytes:
         return b""
 
-    def write(self, stream: int, data: bytes) -> None:
-        self.writes.append((stream, data))
+    def write(self, stream: int, *data: bytes | memoryview) -> None:
+        self.writes.append((stream, b"".join(data)))
 
     def text(self) -> bytes:
         return b"".join(data for _, data in self.writes)
@@ -87,3 +90,36 @@ def test_the_tail_keeps_the_last_bytes_only(pipe: tuple[int, int]) -> None:
         relay.drain()
     assert len(tail._buf) <= 2 * TAIL_BYTES
     assert tail.text() == data[-TAIL_BYTES:].decode(errors="replace")
+
+
+def test_one_read_relays_all_that_a_full_widened_pipe_holds(pipe: tuple[int, int]) -> None:
+    # Each read of a full pipe wakes its writer: one read must take all of it, labelled alike
+    # whether a line lies within one of the relay's windows or across two.
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("pipes are widened on Linux only")
+    assert fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, READ_BYTES) == READ_BYTES
+    rng = random.Random(3)
+    lines, size = [], 0
+    while size < READ_BYTES - 300:
+        start = rng.choice([b"", b"[rank3]: ", b"[rank4]: "])
+        line = start + b"%d %s" % (len(lines), b"x" * rng.randrange(256))
+        lines.append(line)
+        size += len(line) + 1
+    data = b"\n".join(lines) + b"\n"
+    assert len(data) > 8 * WINDOW
+    printer = FakePrinter()
+    relay = _relay(pipe[0], printer)
+    os.write(pipe[1], data)
+    relay.drain()  # the first reads grow the relays' windows
+    printer.writes.clear()
+    os.write(pipe[1], data)
+    assert relay.read()
+    expected = [b"[rank3]: " + line.removeprefix(b"[rank3]: ") for line in lines]
+    assert printer.text().split(b"\n")[:-1] == expected
+
+
+def test_the_pipes_of_a_large_gang_keep_to_their_share() -> None:
+    assert pipe_bytes(4) == READ_BYTES
+    for ranks in (1, 8, 9, 64, 1000):
+        assert 64 << 10 <= pipe_bytes(ranks) <= READ_BYTES
+        assert 2 * ranks * pipe_bytes(ranks) <= 16 << 20 or pipe_bytes(ranks) == 64 << 10

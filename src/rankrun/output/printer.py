@@ -54,7 +54,7 @@ class Printer:
             int(now * 1000) % 1000
         )
 
-    def write(self, stream: int, data: bytes) -> None:
+    def write(self, stream: int, *data: bytes | bytearray | memoryview) -> None:
         """Write to stdout (1) or stderr (2); a stream whose reader has gone is dropped.
 
         A closed pipe (``rankrun ... | head``) or a hung-up terminal must not end the run.
@@ -62,7 +62,7 @@ class Printer:
         if stream in self._gone:
             return
         try:
-            write_all(self._fds[stream], data)
+            write_all(self._fds[stream], *data)
         except OSError:
             self._gone.add(stream)
 
@@ -90,11 +90,17 @@ class Printer:
             self._events.close()
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte, waiting on a full non-blocking fd rather than failing."""
-    view = memoryview(data)
-    while view:
+def write_all(fd: int, *data: bytes | bytearray | memoryview) -> None:
+    """Write every byte of ``data``, in order, waiting on a full non-blocking fd rather than
+    failing; the parts go in one ``writev`` where they fit."""
+    views = [memoryview(part) for part in data if part]
+    while views:
         try:
-            view = view[os.write(fd, view) :]
+            written = os.writev(fd, views)
         except BlockingIOError:
             select.select([], [fd], [])
+            continue
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views:
+            views[0] = views[0][written:]

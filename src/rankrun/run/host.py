@@ -22,7 +22,7 @@ from rankrun.run.escapees import end_escaped
 from rankrun.run.guardian import Guardian
 from rankrun.run.libc import load_prctl, set_subreaper
 from rankrun.run.limits import ensure_fd_capacity
-from rankrun.run.rank import Rank
+from rankrun.run.rank import Rank, pipe_bytes
 from rankrun.run.reaper import Reaper
 from rankrun.run.watch import Event, Watch
 
@@ -84,7 +84,7 @@ class Host:
 
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
-        rank = Rank(spec, self._printer)
+        rank = Rank(spec, self._printer, pipe_bytes(self._nproc))
         with self._watch.job.released():
             if spec.cpus is None:
                 rank.start()
