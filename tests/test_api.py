@@ -126,6 +126,7 @@ def test_help_says_monitor_interval_has_no_effect(runs: Runs) -> None:
     assert "ignored" in result.stdout and "--monitor-interval" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_trains_and_every_rank_holds_the_same_weights(runs: Runs) -> None:
     pytest.importorskip("torch")
     demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"

@@ -91,6 +91,7 @@ def start_job(
     return [first, *rest]
 
 
+@pytest.mark.slow
 def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
     job = start_job(agents, 3, lambda r: {"run_id": "job-ok"})
     seen = [a.expect("joined", "error") for a in job]
@@ -102,6 +103,7 @@ def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
         assert {n["run_id"] for n in s["joined"]} == {"job-ok"}
 
 
+@pytest.mark.slow
 def test_nproc_mismatch_is_the_same_message_on_every_agent(
     agents: Callable[..., Agent],
 ) -> None:
@@ -113,6 +115,7 @@ def test_nproc_mismatch_is_the_same_message_on_every_agent(
     }
 
 
+@pytest.mark.slow
 def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     agents: Callable[..., Agent],
 ) -> None:
@@ -130,6 +133,7 @@ def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     assert seen["message"].startswith("node 0's store closed while"), seen
 
 
+@pytest.mark.slow
 def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> None:
     beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
     job = start_job(agents, 3, lambda r: beat)
@@ -143,6 +147,7 @@ def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> No
         assert 1.5 < elapsed < 4.0, elapsed
 
 
+@pytest.mark.slow
 def test_pulled_cable_both_sides_know(
     agents: Callable[..., Agent], make_hosts: Callable[..., Hosts]
 ) -> None:
@@ -272,6 +277,7 @@ def test_garbage_on_the_port_does_not_break_the_store() -> None:
     assert control.join(job.store(), node(0, 1), timeout=5)[0].node_rank == 0
 
 
+@pytest.mark.slow
 def test_first_failure_is_the_first_add() -> None:
     job = Job(2)
     a, b = job.store(), job.store()
@@ -349,6 +355,7 @@ def test_barrier_results_and_rank_keys() -> None:
     assert all(k.startswith("rankrun/") for k in job.server.list_keys())
 
 
+@pytest.mark.slow
 def test_connect_waits_for_node_0_and_says_so() -> None:
     port = free_port()
     notes: list[str] = []

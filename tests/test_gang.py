@@ -77,6 +77,7 @@ def test_terminated_ranks_are_never_the_root_cause(runs: Runs) -> None:
     assert "root cause: rank 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_rank_ignoring_sigterm_gets_sigkill_after_the_grace_period(runs: Runs) -> None:
     runs.script(
         "rank.sh",
@@ -118,6 +119,7 @@ def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, sign
     assert f"got {signal.Signals(signum).name}" in err
 
 
+@pytest.mark.slow
 def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)  # bash ignores SIGQUIT, always
     launcher = runs.start_gang(2, "--shutdown-timeout", "1", "./rank.sh")
@@ -144,6 +146,7 @@ def test_second_ctrl_c_kills_at_once(runs: Runs) -> None:
     assert "sent SIGKILL" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
     launcher = runs.start_gang(4, "--shutdown-timeout", "3", "./rank.sh")
@@ -156,6 +159,7 @@ def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
 
 
 @pytest.mark.parametrize("closed", ["stdout", "stderr"])
+@pytest.mark.slow
 def test_sigkill_of_a_launcher_started_without_stdio_leaves_nothing(
     runs: Runs, closed: str
 ) -> None:
@@ -364,6 +368,7 @@ def _wait_until_the_ranks_ended(runs: Runs) -> None:
     time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> None:
     _ranks_leave_daemons_that_ignore_sigterm(runs)
     launcher = start_as_a_shell_job(runs, "--nproc-per-node", "2", "--shutdown-timeout", "5",
@@ -387,6 +392,7 @@ def test_ctrl_c_while_escaped_daemons_are_ended_kills_them_at_once(runs: Runs) -
     assert "ended 2 process(es) that had left their rank's group" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Runs) -> None:
     runs.script(
         "rank.sh", f'{DAEMON} > "tmp.$RANK"\nmv "tmp.$RANK" "daemon.$RANK"\nexec sleep 300\n'
@@ -399,6 +405,7 @@ def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Run
     assert not any(alive(pid) for pid in daemons)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Runs) -> None:
     runs.script(
         "rank.sh",
@@ -422,6 +429,7 @@ def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Ru
     assert "interrupted: rankrun got SIGINT during the teardown of rank 0's failure" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_ends_what_a_rank_starts_outside_its_group_when_told_to_stop(
     runs: Runs,
 ) -> None:

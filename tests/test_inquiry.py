@@ -127,6 +127,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> 
 # --- a running job ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_of_a_running_job_has_a_line_per_rank(job: Job, runs: Runs) -> None:
     entry = job.start()
     # The ranks' "ready" reaches the registry within a second.
@@ -168,6 +169,7 @@ def test_status_of_a_running_job_has_a_line_per_rank(job: Job, runs: Runs) -> No
 
 
 @needs_py_spy
+@pytest.mark.slow
 def test_stacks_of_a_running_job_shows_each_rank_where_it_waits(job: Job, runs: Runs) -> None:
     entry = job.start()
     for selector in ("job7", str(entry.pid), None):
@@ -184,6 +186,7 @@ def test_stacks_of_a_running_job_shows_each_rank_where_it_waits(job: Job, runs: 
     assert [Path(f"/proc/{pid}").exists() for pid in job.pids] == [True, True]
 
 
+@pytest.mark.slow
 def test_a_wrong_run_id_is_one_line(job: Job, runs: Runs) -> None:
     entry = job.start()
     for command in ("stacks", "status"):
@@ -197,6 +200,7 @@ def test_a_wrong_run_id_is_one_line(job: Job, runs: Runs) -> None:
 
 @needs_py_spy
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="root and setpriv")
+@pytest.mark.slow
 def test_stacks_without_ptrace_is_one_line_with_the_fix(job: Job, runs: Runs) -> None:
     job.start()
     no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", *runs.argv("stacks")]
@@ -210,6 +214,7 @@ def test_stacks_without_ptrace_is_one_line_with_the_fix(job: Job, runs: Runs) ->
     )
 
 
+@pytest.mark.slow
 def test_a_restarted_job_shows_its_new_attempt(job: Job, runs: Runs) -> None:
     runs.script("rank.py", BLOCKED.replace('"--fail-first" in sys.argv', "True"), executable=False)
     entry = job.start("--max-restarts", "1", attempt=1)
@@ -236,6 +241,7 @@ SELF_STATUS = """
 """
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_not_found_and_leaves_no_entry(job: Job, runs: Runs) -> None:
     runs.script("self.py", SELF_STATUS, executable=False)
     result = runs.run("--run-id", "done3", "--master-port", "0", "self.py")
@@ -247,6 +253,7 @@ def test_a_finished_job_is_not_found_and_leaves_no_entry(job: Job, runs: Runs) -
         assert _one_line_error(runs.run(command)).startswith("no rankrun run is running")
 
 
+@pytest.mark.slow
 def test_a_killed_launcher_leaves_no_entry_that_is_listed(job: Job, runs: Runs) -> None:
     entry = job.start()
     assert job.proc is not None
@@ -260,6 +267,7 @@ def test_a_killed_launcher_leaves_no_entry_that_is_listed(job: Job, runs: Runs) 
     assert _one_line_error(runs.run("stacks", "job7")).startswith("no run job7: ")
 
 
+@pytest.mark.slow
 def test_a_registry_that_cannot_be_used_is_a_warning(runs: Runs, tmp_path: Path) -> None:
     (tmp_path / "registry").write_text("not a directory")
     runs.env[rundir.OVERRIDE_VAR] = str(tmp_path / "registry")
@@ -328,6 +336,7 @@ def _tick_when_due(live: LiveRun) -> None:
     assert live.tick(None) is None  # written, and nothing more is due
 
 
+@pytest.mark.slow
 def test_live_run_registers_a_run_that_lasts_and_notes_output(
     runs: Runs, sleepers: Sleepers, tmp_path: Path
 ) -> None:

@@ -222,6 +222,7 @@ def test_redirects_without_log_dir_use_a_temporary_one(runs: Runs) -> None:
     assert (runs.workdir / "tmp/rankrun-logs/t/attempt_0/rank_0/stdout.log").read_text() == "out\n"
 
 
+@pytest.mark.slow
 def test_a_one_gigabyte_line_streams_out_in_bounded_memory(runs: Runs) -> None:
     runs.script(
         "big.py",
@@ -345,6 +346,7 @@ def test_report_falls_back_to_the_error_file_then_the_tail(runs: Runs) -> None:
     assert report[1:21] == [f"rankrun:   err {i}" for i in range(11, 31)]
 
 
+@pytest.mark.slow
 def test_torch_record_writes_its_error_file_into_the_layout(runs: Runs) -> None:
     pytest.importorskip("torch")
     runs.script(

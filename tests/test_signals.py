@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import BLOCKING_RANK, Runs, process_state
 from test_gang import start_as_a_shell_job
 
@@ -34,6 +35,7 @@ def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Ru
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_z_then_fg_at_any_gap_leaves_the_job_running(runs: Runs) -> None:
     # At a gap of 0 the kernel often runs the SIGCONT's handler before the SIGTSTP's; at the
     # others the SIGCONT may land as the launcher stops itself. Both lost it, 3 runs in 10.
