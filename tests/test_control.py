@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Runs
+from conftest import Runs, wait_until
 from netns import Hosts, make_hosts_fixture  # noqa: F401
 
 from rankrun.job import control
@@ -124,9 +124,8 @@ def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     second = agents({"node_rank": 1, "nnodes": 3, "port": port, "run_id": "job-gone"})
     watcher = control.connect("127.0.0.1", port, timeout=10)
     claim = control.JobStore(watcher, "job-gone").key("join", "claim", 1)
-    deadline = time.monotonic() + 30
-    while not watcher.check([claim]) and time.monotonic() < deadline:
-        time.sleep(0.05)  # until node 1 waits for node 2, which never comes
+    # until node 1 waits for node 2, which never comes
+    wait_until(lambda: watcher.check([claim]), 30, "node 1's claim to join", every=0.05)
     first.end()
     seen = second.expect("joined", "error")
     assert seen.get("error") == "Unresponsive", seen
@@ -138,7 +137,7 @@ def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> No
     beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
     job = start_job(agents, 3, lambda r: beat)
     assert all("joined" in a.expect("joined", "error") for a in job)
-    time.sleep(0.5)
+    assert all("beating" in a.expect("beating", "error") for a in job)
     os.kill(job[2].proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     for a in job[:2]:
@@ -158,7 +157,7 @@ def test_pulled_cable_both_sides_know(
     b = agents({"node_rank": 1, "nnodes": 2, "port": 29400, **beat}, hosts.argv(1, []))
     assert "joined" in a.expect("joined", "error")
     assert "joined" in b.expect("joined", "error")
-    time.sleep(0.5)
+    assert all("beating" in agent.expect("beating", "error") for agent in (a, b))
     hosts.link_down(1)
     pulled = time.monotonic()
     assert a.expect("lost", "cut_off", timeout=6) == {"lost": [1]}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from rankrun.cli.hostlist import expand_hostlist, first_host
 from rankrun.cli.slurm import (
@@ -292,12 +292,10 @@ def test_a_real_batch_script_is_not_a_step(tmp_path: Path) -> None:
     job = subprocess.run(
         [*submit, "job.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "batch.env").exists():
-        if time.monotonic() > deadline:
-            subprocess.run(["scancel", job], timeout=30)
-            pytest.fail(f"batch job {job} did not run within 60 s")
-        time.sleep(0.1)
+    ran = lambda: (tmp_path / "batch.env").exists()  # noqa: E731
+    if not wait_until(ran, 60, "the batch job", fail=False, every=0.1):
+        subprocess.run(["scancel", job], timeout=30)
+        pytest.fail(f"batch job {job} did not run within 60 s")
     lines = (tmp_path / "batch.env").read_text().splitlines()
     env = {name: value for name, _, value in (line.partition("=") for line in lines)}
     assert env["SLURM_NNODES"] == "2" and env["SLURM_PROCID"] == "0"  # it looks like a task...

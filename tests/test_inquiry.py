@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs, wait_gone, wait_until
 
 import rankrun
 from rankrun.inspect import lookup, registry, rundir
@@ -67,15 +67,15 @@ class Job:
 
     def entry(self, attempt: int = 0) -> registry.RunEntry:
         """The launcher's registry entry, once it lists ``attempt``."""
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listed() -> registry.RunEntry | None:
             runs = lookup.live_runs(self.runs.env)
-            if runs and runs[0].attempt == attempt:
-                return runs[0]
-            assert time.monotonic() < deadline, (
-                "the launcher did not register: is rankrun.inspect.live.LiveRun wired into host.py?"
-            )
-            time.sleep(0.05)
+            return runs[0] if runs and runs[0].attempt == attempt else None
+
+        why = "the launcher to register: is rankrun.inspect.live.LiveRun wired into host.py?"
+        entry = wait_until(listed, 10, why, every=0.05)
+        assert entry is not None
+        return entry
 
     def stop(self) -> subprocess.CompletedProcess[str]:
         assert self.proc is not None
@@ -130,13 +130,15 @@ def _one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> 
 @pytest.mark.slow
 def test_status_of_a_running_job_has_a_line_per_rank(job: Job, runs: Runs) -> None:
     entry = job.start()
+
     # The ranks' "ready" reaches the registry within a second.
-    deadline = time.monotonic() + 5
-    while True:
+    def noted() -> tuple[str, list[list[str]]] | None:
         head, rows = _status_rows(runs)
-        if all(row[7] != "-" for row in rows) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return (head, rows) if all(row[7] != "-" for row in rows) else None
+
+    shown = wait_until(noted, 5, "each rank's last output in the status", every=0.2)
+    assert shown is not None
+    head, rows = shown
 
     assert head.startswith(f"run job7: launcher pid {entry.pid} on {os.uname().nodename}, node 0")
     assert head.endswith(": python -u rank.py")

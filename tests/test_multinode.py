@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs, process_state, wait_gone, wait_until
 from netns import make_hosts_fixture  # noqa: F401
 from test_gang import _wait_state, start_as_a_shell_job
 
@@ -215,16 +215,19 @@ def test_no_thread_of_an_agent_takes_a_sigtstp_from_the_loop(runs: Runs) -> None
 @pytest.mark.slow
 def test_a_signal_during_a_failures_teardown_ends_the_job_without_restart(runs: Runs) -> None:
     runs.script("rank.sh", """
-        trap 'sleep 2; exit 0' TERM  # a slow teardown
+        trap 'touch term.$RANK; sleep 2; exit 0' TERM  # a slow teardown
         touch up.$RANK.$TORCHELASTIC_RESTART_COUNT
-        [ "$RANK$TORCHELASTIC_RESTART_COUNT" = 30 ] && { sleep 0.3; exit 1; }
+        [ "$RANK$TORCHELASTIC_RESTART_COUNT" = 30 ] && {
+            while [ "$(ls up.*.0 2>/dev/null | wc -l)" -lt 4 ]; do sleep 0.01; done
+            exit 1
+        }
         while :; do sleep 0.1; done
     """)  # fmt: skip
     flags = ["--nnodes", "2", "--nproc-per-node", "2", "--max-restarts", "1",
              "--master-port", str(free_port()), "./rank.sh"]  # fmt: skip
     node0, node1 = (runs.start("--node-rank", str(n), *flags) for n in (0, 1))
     runs.wait_for_files("up.*.0", 4)
-    time.sleep(1.0)  # rank 3 has failed: every rank is in its 2 s teardown
+    runs.wait_for_files("term.[012]", 3)  # rank 3 has failed: every rank is in its 2 s teardown
     node1.send_signal(signal.SIGTERM)
     (_, err0), (_, err1) = node0.communicate(timeout=30), node1.communicate(timeout=30)
     assert "got SIGTERM during the teardown" in err1
@@ -236,7 +239,7 @@ def test_a_signal_during_a_failures_teardown_ends_the_job_without_restart(runs: 
 @pytest.mark.slow
 def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     runs.script("rank.sh", """
-        [ "$RANK" = 0 ] && exit 0
+        [ "$RANK" = 0 ] && { echo $$ > pid.tmp && mv pid.tmp pid.0; exit 0; }
         touch waiting
         while [ ! -e go ]; do sleep 0.05; done
     """)  # fmt: skip
@@ -244,7 +247,10 @@ def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     node0 = start_as_a_shell_job(runs, "--node-rank", "0", *flags)
     node1 = runs.start("--node-rank", "1", *flags)
     runs.wait_for_files("waiting", 1)
-    time.sleep(0.5)  # node 0's rank has ended: its agent waits for node 1's
+    (pid_file,) = runs.wait_for_files("pid.0", 1)
+    rank0 = int(pid_file.read_text())
+    # Once its rank is reaped, node 0 has no rank left: its agent waits for node 1's.
+    wait_until(lambda: process_state(rank0) is None, 10, "node 0 to reap its rank")
     node0.send_signal(signal.SIGTSTP)
     assert _wait_state([node0.pid], "T"), "Ctrl-Z must stop a node with no ranks left"
     node0.send_signal(signal.SIGCONT)

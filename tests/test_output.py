@@ -299,10 +299,10 @@ TRACEBACK_RANK = """
         while not os.path.exists("ready.0"):
             time.sleep(0.01)
         raise ValueError("boom from rank 1")
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # dies of its own secondary error, later
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # to take it, not die of it
     open("ready.0", "w").close()
-    time.sleep(0.5)
-    raise RuntimeError("Connection closed by peer")
+    signal.sigwait({signal.SIGTERM})  # rank 1 has failed: the teardown has begun
+    raise RuntimeError("Connection closed by peer")  # its own secondary error, later
 """
 
 
@@ -323,7 +323,7 @@ def test_report_names_the_first_failure_and_its_exception(runs: Runs) -> None:
     assert "ValueError: boom from rank 1" in summary["root_cause"]["error"]
     (attempt,) = summary["attempts"]
     assert [r["state"] for r in attempt["ranks"]] == ["terminated", "failed"]
-    assert attempt["ranks"][0]["signal"] is None  # it exited 1 after ignoring SIGTERM
+    assert attempt["ranks"][0]["signal"] is None  # it exited 1 after taking SIGTERM
     assert all(r["pid"] > 0 and r["ended_at"] >= r["started_at"] for r in attempt["ranks"])
 
 
