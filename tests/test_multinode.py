@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Runs, process_state, wait_gone, wait_until
 from netns import make_hosts_fixture  # noqa: F401
-from test_gang import _wait_state, start_as_a_shell_job
+from test_gang_end_to_end import _wait_state, start_as_a_shell_job
 
 from rankrun.plan.ports import free_port
 

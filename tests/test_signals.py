@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BLOCKING_RANK, Runs, process_state, wait_until
-from test_gang import start_as_a_shell_job
+from test_gang_end_to_end import start_as_a_shell_job
 
 
 def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Runs) -> None:

@@ -1,4 +1,9 @@
-"""The gang lives and dies together, and nothing it started outlives it."""
+"""The gang end to end: real launchers, ranks and signals. It lives and dies together, and
+nothing it started outlives it.
+
+The gang's decisions alone, on a scripted fake Host in milliseconds, are
+tests/test_gang_decisions.py: a decision belongs there, and here what only real processes show.
+"""
 
 from __future__ import annotations
 
