@@ -14,25 +14,53 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, TypeVar
 
 import pytest
 
 from rankrun.inspect.procfs import carrying, read_stat
 
 TAG_VAR = "RANKRUN_TEST_TAG"
+T = TypeVar("T")
 
 
 def tagged_pids(tag: str) -> list[int]:
     return [pid for pid in carrying(TAG_VAR, tag) if pid != os.getpid()]
 
 
-def wait_gone(tag: str, timeout: float) -> list[int]:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str | Callable[[], str],
+    *,
+    fail: bool = True,
+    every: float = 0.02,
+) -> T:
+    """Poll ``predicate`` every ``every`` seconds until it returns something true; return that.
+
+    Tests wait on evidence (a file a rank wrote, a line the launcher printed, a process
+    state), never for a fixed time. After ``timeout`` seconds the test fails, saying it was
+    waiting for ``what`` (a callable is asked then, to describe what it found); with
+    ``fail=False`` the last, false, value is returned instead, for a caller that cleans up.
+    """
     deadline = time.monotonic() + timeout
-    while (pids := tagged_pids(tag)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids
+    while not (value := predicate()):
+        if time.monotonic() >= deadline:
+            if fail:
+                pytest.fail(f"waited {timeout:g} s for {what() if callable(what) else what}")
+            return value
+        time.sleep(every)
+    return value
+
+
+def wait_gone(tag: str, timeout: float) -> list[int]:
+    """The pids still carrying ``tag`` after up to ``timeout`` seconds."""
+    wait_until(
+        lambda: not tagged_pids(tag), timeout, "the tagged processes to end", fail=False, every=0.05
+    )
+    return tagged_pids(tag)
 
 
 def process_state(pid: int) -> str | None:
@@ -49,9 +77,7 @@ def alive(pid: int) -> bool:
 
 def wait_dead(pids: list[int], timeout: float) -> list[int]:
     """Those of ``pids`` still alive after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not any(alive(p) for p in pids), timeout, f"{pids} to end", fail=False)
     return [p for p in pids if alive(p)]
 
 
@@ -90,13 +116,21 @@ class Runs:
             **kw,  # type: ignore[call-overload]
         )
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, stderr_to: str | None = None) -> subprocess.Popen[str]:
+        """With ``stderr_to``, stderr goes to that file in the workdir, which a test can read
+        while the launcher runs (to wait for a line)."""
+        if stderr_to is None:
+            return self._popen(args, subprocess.PIPE)
+        with open(self.workdir / stderr_to, "w") as stderr:
+            return self._popen(args, stderr)
+
+    def _popen(self, args: tuple[str, ...], stderr: int | IO[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.argv(*args),
             env=self.env,
             cwd=self.workdir,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
         )
 
@@ -104,15 +138,23 @@ class Runs:
         """Run ``ranks`` ranks on a free port, so that tests never contend for 29500."""
         return self.run("--nproc_per_node", str(ranks), "--master_port", "0", *args, **kw)
 
-    def start_gang(self, ranks: int, *args: str) -> subprocess.Popen[str]:
-        return self.start("--nproc_per_node", str(ranks), "--master_port", "0", *args)
+    def start_gang(
+        self, ranks: int, *args: str, stderr_to: str | None = None
+    ) -> subprocess.Popen[str]:
+        return self.start(
+            "--nproc_per_node", str(ranks), "--master_port", "0", *args, stderr_to=stderr_to
+        )
 
     def wait_for_files(self, pattern: str, count: int, timeout: float = 20) -> list[Path]:
-        deadline = time.monotonic() + timeout
-        while len(found := sorted(self.workdir.glob(pattern))) < count:
-            assert time.monotonic() < deadline, f"only {len(found)} of {count} {pattern}"
-            time.sleep(0.02)
-        return found
+        def enough() -> list[Path]:
+            found = sorted(self.workdir.glob(pattern))
+            return found if len(found) >= count else []
+
+        return wait_until(
+            enough,
+            timeout,
+            lambda: f"{count} {pattern}, of which {len(list(self.workdir.glob(pattern)))} came",
+        )
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
     python control_agent.py '<json settings>'
 
 Prints one JSON object a line: {"port": P} once it hosts (node 0), then {"joined": [...]}
-or {"error": "<class>", "message": "..."}; with "heartbeat" set, then {"lost": [nodes]} and
-{"cut_off": true} when it first sees each, and keeps beating until killed. Node 0 always
-serves until killed.
+or {"error": "<class>", "message": "..."}; with "heartbeat" set, then {"beating": n} once it
+has beaten and looked at the others twice, {"lost": [nodes]} and {"cut_off": true} when it
+first sees each, and keeps beating until killed. Node 0 always serves until killed.
 
 As the launcher should: one thread owns the heartbeat (its store calls may block forever
 when the store can't be reached), and the main thread judges being cut off by the clock.
@@ -71,16 +71,21 @@ def info(s: dict[str, Any], run_id: str) -> control.NodeInfo:
 
 def heartbeat(hb: control.Heartbeat) -> None:
     lost: list[int] = []
+    beats = 0
 
     def own() -> None:  # the one thread that uses the store from now on
-        nonlocal lost
+        nonlocal lost, beats
         while True:
             lost = hb.tick()
+            beats += hb.error is None
             time.sleep(hb.interval)
 
     threading.Thread(target=own, daemon=True).start()
     said: set[str] = set()
     while True:
+        if beats >= 2 and "beating" not in said:
+            said.add("beating")
+            say(beating=beats)
         if lost and "lost" not in said:
             said.add("lost")
             say(lost=lost)

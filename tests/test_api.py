@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import Runs
+from conftest import Runs, process_state, wait_until
 
 import rankrun
 from rankrun.cli import main as cli
@@ -42,7 +41,7 @@ def test_launch_leaves_the_caller_no_child_to_reap(runs: Runs) -> None:
 
 def test_launch_leaves_the_callers_own_children_to_the_caller(runs: Runs) -> None:
     mine = subprocess.Popen(["sh", "-c", "exit 3"])
-    time.sleep(0.2)  # it has ended, unreaped, before launch() starts
+    wait_until(lambda: process_state(mine.pid) == "Z", 5, "the caller's child to end, unreaped")
     script = runs.script("rank.sh", "exit 0\n")
     assert rankrun.launch(str(script), (), rankrun.Options(master_port=0), env=runs.env).ok
     assert mine.wait(timeout=5) == 3
@@ -126,6 +125,7 @@ def test_help_says_monitor_interval_has_no_effect(runs: Runs) -> None:
     assert "ignored" in result.stdout and "--monitor-interval" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_trains_and_every_rank_holds_the_same_weights(runs: Runs) -> None:
     pytest.importorskip("torch")
     demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"

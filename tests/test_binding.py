@@ -7,8 +7,6 @@ import os
 import pytest
 from conftest import Runs
 
-from rankrun.output.outcome import Ending, RankResult
-from rankrun.output.report import cuda_error_line, root_cause_line
 from rankrun.plan.topology import cpu_topology
 
 AFFINITY = """
@@ -45,14 +43,3 @@ def test_without_a_share_of_cores_each_rank_may_run_on_every_usable_cpu(
     runs.script("rank.sh", AFFINITY)
     assert runs.gang(2, *flags, "./rank.sh").returncode == 0
     assert _read(runs, "cpus", 2) == [str(USABLE)] * 2  # one NUMA node here: all its CPUs
-
-
-def test_the_report_names_the_gpu_and_a_cuda_error() -> None:
-    tail = "RuntimeError: CUDA error: an illegal memory access was encountered\n"
-    result = RankResult(3, 1, 42, 0.0, Ending(1, None, 2.5), tail, None, "cuda:1 (0000:3b:00.0)")
-    assert "GPU cuda:1 (0000:3b:00.0)) exited with code 1" in root_cause_line(result, "h")
-    assert cuda_error_line(result) == (
-        "  (a CUDA error on cuda:1 (0000:3b:00.0): look at that GPU, or rerun with "
-        "CUDA_LAUNCH_BLOCKING=1)"
-    )
-    assert cuda_error_line(result._replace(stderr_tail="ValueError: x\n")) is None

@@ -158,28 +158,6 @@ def test_run_id_naming_a_file_in_the_log_dir(runs: Runs) -> None:
     _assert_usage_error(runs, args, "exists and is not a directory")
 
 
-@pytest.mark.parametrize(
-    "name, value, reason",
-    [("PET_NPROC_PER_NODE", "lots", "invalid --nproc-per-node 'lots': give a number"),
-     ("PET_MASTER_PORT", "abc", "give a number"), ("PET_STANDALONE", "yes", "give 1 or 0"),
-     ("PET_CPU_BIND", "all", "give one of none, cores, numa"),
-     ("PET_NUMA_BINDING", "zz", "give one of node, socket, exclusive, core-complex"),
-     ("PET_ON_STALL", "go", "give one of dump, stop"),
-     ("PET_MONITOR_INTERVAL", "abc", "give a number"),  # a flag without effect still parses
-     ("PET_RUN_PATH", "yes", "give 1 or 0"),
-     ("PET_NNODES", "0", "--nnodes must be at least 1"),  # parses, but out of range
-     ("PET_MASTER_PORT", "70000", "--master-port 70000 is outside 0..65535"),
-     ("PET_NODE_RANK", "3", "--node-rank 3 is outside [0, 1)"),
-     ("PET_LOCAL_RANKS_FILTER", "5", "--local-ranks-filter 5: local rank 5 does not")],
-)  # fmt: skip
-def test_a_wrong_pet_value_names_the_variable(
-    runs: Runs, name: str, value: str, reason: str
-) -> None:
-    runs.script("rank.sh", MARKING_RANK)
-    runs.env[name] = value
-    _assert_usage_error(runs, ["./rank.sh"], f"{name}={value!r} in the environment: {reason}")
-
-
 def _assert_usage_error(runs: Runs, args: list[str], message: str) -> None:
     result = runs.run(*args)
     assert result.returncode == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Runs
+from conftest import Runs, wait_until
 from netns import Hosts, make_hosts_fixture  # noqa: F401
 
 from rankrun.job import control
@@ -91,6 +91,7 @@ def start_job(
     return [first, *rest]
 
 
+@pytest.mark.slow
 def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
     job = start_job(agents, 3, lambda r: {"run_id": "job-ok"})
     seen = [a.expect("joined", "error") for a in job]
@@ -102,6 +103,7 @@ def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
         assert {n["run_id"] for n in s["joined"]} == {"job-ok"}
 
 
+@pytest.mark.slow
 def test_nproc_mismatch_is_the_same_message_on_every_agent(
     agents: Callable[..., Agent],
 ) -> None:
@@ -113,6 +115,7 @@ def test_nproc_mismatch_is_the_same_message_on_every_agent(
     }
 
 
+@pytest.mark.slow
 def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     agents: Callable[..., Agent],
 ) -> None:
@@ -121,20 +124,20 @@ def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     second = agents({"node_rank": 1, "nnodes": 3, "port": port, "run_id": "job-gone"})
     watcher = control.connect("127.0.0.1", port, timeout=10)
     claim = control.JobStore(watcher, "job-gone").key("join", "claim", 1)
-    deadline = time.monotonic() + 30
-    while not watcher.check([claim]) and time.monotonic() < deadline:
-        time.sleep(0.05)  # until node 1 waits for node 2, which never comes
+    # until node 1 waits for node 2, which never comes
+    wait_until(lambda: watcher.check([claim]), 30, "node 1's claim to join", every=0.05)
     first.end()
     seen = second.expect("joined", "error")
     assert seen.get("error") == "Unresponsive", seen
     assert seen["message"].startswith("node 0's store closed while"), seen
 
 
+@pytest.mark.slow
 def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> None:
     beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
     job = start_job(agents, 3, lambda r: beat)
     assert all("joined" in a.expect("joined", "error") for a in job)
-    time.sleep(0.5)
+    assert all("beating" in a.expect("beating", "error") for a in job)
     os.kill(job[2].proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     for a in job[:2]:
@@ -143,6 +146,7 @@ def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> No
         assert 1.5 < elapsed < 4.0, elapsed
 
 
+@pytest.mark.slow
 def test_pulled_cable_both_sides_know(
     agents: Callable[..., Agent], make_hosts: Callable[..., Hosts]
 ) -> None:
@@ -153,7 +157,7 @@ def test_pulled_cable_both_sides_know(
     b = agents({"node_rank": 1, "nnodes": 2, "port": 29400, **beat}, hosts.argv(1, []))
     assert "joined" in a.expect("joined", "error")
     assert "joined" in b.expect("joined", "error")
-    time.sleep(0.5)
+    assert all("beating" in agent.expect("beating", "error") for agent in (a, b))
     hosts.link_down(1)
     pulled = time.monotonic()
     assert a.expect("lost", "cut_off", timeout=6) == {"lost": [1]}
@@ -298,6 +302,7 @@ def test_garbage_on_the_port_does_not_break_the_store() -> None:
     assert control.join(job.store(), node(0, 1), timeout=5)[0].node_rank == 0
 
 
+@pytest.mark.slow
 def test_first_failure_is_the_first_add() -> None:
     job = Job(2)
     a, b = job.store(), job.store()
@@ -375,6 +380,7 @@ def test_barrier_results_and_rank_keys() -> None:
     assert all(k.startswith("rankrun/") for k in job.server.list_keys())
 
 
+@pytest.mark.slow
 def test_connect_waits_for_node_0_and_says_so() -> None:
     port = free_port()
     notes: list[str] = []
@@ -414,7 +420,9 @@ def test_connect_says_that_something_else_answers_at_node_0s_address(reply: byte
     finally:
         listener.close()
     said = "something else answers there, not a rankrun node 0: another program's port?"
-    assert notes and all(n == f"waiting for node 0 at 127.0.0.1:{port} ({said})" for n in notes)
+    # The first note may come before any try has met the listener, on a loaded machine.
+    expected = f"waiting for node 0 at 127.0.0.1:{port} ({said})"
+    assert len(notes) >= 2 and all(n == expected for n in notes[1:]), notes
     assert f"did not answer within 3.5 s ({said})" in str(e.value)
 
 

@@ -67,6 +67,7 @@ def _setup(runs: Runs, *, config_executable: bool) -> None:
 
 
 @pytest.mark.parametrize("config_executable", [True, False], ids=["executable", "lost_run_bit"])
+@pytest.mark.slow
 def test_run_dist_launch_with_an_executable_config(runs: Runs, config_executable: bool) -> None:
     _setup(runs, config_executable=config_executable)
     runs.env["MASTER_PORT"] = str(free_port())

@@ -20,6 +20,7 @@ def _envs(runs: Runs, count: int) -> dict[int, dict[str, str]]:
     return {int(f.suffix[1:]): json.loads(f.read_text()) for f in files}
 
 
+@pytest.mark.slow
 def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
     runs.env["SOME_USER_VAR"] = "kept"
@@ -97,6 +98,7 @@ def test_port_0_and_standalone_pick_a_free_port(runs: Runs) -> None:
             f.unlink()
 
 
+@pytest.mark.slow
 def test_torchruns_fixed_nnodes_range_is_accepted(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
     port = str(free_port())

@@ -82,13 +82,6 @@ def test_argparse_reads_an_abbreviation_of_either_spelling() -> None:
         parse(["--n", "2", "train.py"], {})
 
 
-def test_the_command_line_wins_over_pet_and_pet_over_the_default() -> None:
-    env = {"PET_NPROC_PER_NODE": "3", "PET_MASTER_PORT": "1234", "PET_NO_PREFIX": "1"}
-    options = parse(["--nproc-per-node", "5", "train.py"], env).options
-    assert (options.nproc_per_node, options.master_port, options.prefix) == (5, 1234, False)
-    assert parse(["train.py"], {}).options.prefix is True
-
-
 def test_a_double_dash_right_after_the_script_is_dropped_as_torchrun_drops_it() -> None:
     assert parse(["train.py", "--", "--lr", "1"], {}).args == ["--lr", "1"]
     assert parse(["train.py", "--lr", "--", "1"], {}).args == ["--lr", "--", "1"]

@@ -1,4 +1,9 @@
-"""The gang's decisions at their seam: scripted histories, a fake clock, no processes."""
+"""The gang's decisions at their seam: scripted histories on a fake Host, a fake clock, no
+processes.
+
+The same gang end to end, with real launchers, ranks and signals, is
+tests/test_gang_end_to_end.py.
+"""
 
 from __future__ import annotations
 

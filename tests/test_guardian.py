@@ -85,12 +85,14 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_the_launchers_sigkill_ends_named_groups_and_the_groups_of_the_token(
     runs: Runs,
 ) -> None:
     assert _survivors(runs, DYING_LAUNCHER, ["named.pid", "marked.pid", "cleared.pid"]) == []
 
 
+@pytest.mark.slow
 def test_a_rank_that_execs_after_the_launchers_death_is_still_found(runs: Runs) -> None:
     assert _survivors(runs, DYING_MID_SPAWN, ["rank.pid"]) == [], "it outlived its launcher"
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs, wait_gone, wait_until
 
 import rankrun
 from rankrun.inspect import lookup, registry, rundir
@@ -68,15 +68,15 @@ class Job:
 
     def entry(self, attempt: int = 0) -> registry.RunEntry:
         """The launcher's registry entry, once it lists ``attempt``."""
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listed() -> registry.RunEntry | None:
             runs = lookup.live_runs(self.runs.env)
-            if runs and runs[0].attempt == attempt:
-                return runs[0]
-            assert time.monotonic() < deadline, (
-                "the launcher did not register: is rankrun.inspect.live.LiveRun wired into host.py?"
-            )
-            time.sleep(0.05)
+            return runs[0] if runs and runs[0].attempt == attempt else None
+
+        why = "the launcher to register: is rankrun.inspect.live.LiveRun wired into host.py?"
+        entry = wait_until(listed, 10, why, every=0.05)
+        assert entry is not None
+        return entry
 
     def stop(self) -> subprocess.CompletedProcess[str]:
         assert self.proc is not None
@@ -128,15 +128,18 @@ def _one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> 
 # --- a running job ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_of_a_running_job_has_a_line_per_rank(job: Job, runs: Runs) -> None:
     entry = job.start()
+
     # The ranks' "ready" reaches the registry within a second.
-    deadline = time.monotonic() + 5
-    while True:
+    def noted() -> tuple[str, list[list[str]]] | None:
         head, rows = _status_rows(runs)
-        if all(row[7] != "-" for row in rows) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return (head, rows) if all(row[7] != "-" for row in rows) else None
+
+    shown = wait_until(noted, 5, "each rank's last output in the status", every=0.2)
+    assert shown is not None
+    head, rows = shown
 
     assert head.startswith(f"run job7: launcher pid {entry.pid} on {os.uname().nodename}, node 0")
     assert head.endswith(": python -u rank.py")
@@ -169,6 +172,7 @@ def test_status_of_a_running_job_has_a_line_per_rank(job: Job, runs: Runs) -> No
 
 
 @needs_py_spy
+@pytest.mark.slow
 def test_stacks_of_a_running_job_shows_each_rank_where_it_waits(job: Job, runs: Runs) -> None:
     entry = job.start()
     for selector in ("job7", str(entry.pid), None):
@@ -186,6 +190,7 @@ def test_stacks_of_a_running_job_shows_each_rank_where_it_waits(job: Job, runs: 
     assert [Path(f"/proc/{pid}").exists() for pid in job.pids] == [True, True]
 
 
+@pytest.mark.slow
 def test_a_wrong_run_id_is_one_line(job: Job, runs: Runs) -> None:
     entry = job.start()
     for command in ("stacks", "status"):
@@ -199,6 +204,7 @@ def test_a_wrong_run_id_is_one_line(job: Job, runs: Runs) -> None:
 
 @needs_py_spy
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"), reason="root and setpriv")
+@pytest.mark.slow
 def test_stacks_without_ptrace_is_one_line_with_the_fix(job: Job, runs: Runs) -> None:
     job.start()
     no_ptrace = ["setpriv", "--bounding-set=-sys_ptrace", *runs.argv("stacks")]
@@ -212,6 +218,7 @@ def test_stacks_without_ptrace_is_one_line_with_the_fix(job: Job, runs: Runs) ->
     )
 
 
+@pytest.mark.slow
 def test_a_restarted_job_shows_its_new_attempt(job: Job, runs: Runs) -> None:
     runs.script("rank.py", BLOCKED.replace('"--fail-first" in sys.argv', "True"), executable=False)
     entry = job.start("--max-restarts", "1", attempt=1)
@@ -238,6 +245,7 @@ SELF_STATUS = """
 """
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_not_found_and_leaves_no_entry(job: Job, runs: Runs) -> None:
     runs.script("self.py", SELF_STATUS, executable=False)
     result = runs.run("--run-id", "done3", "--master-port", "0", "self.py")
@@ -249,6 +257,7 @@ def test_a_finished_job_is_not_found_and_leaves_no_entry(job: Job, runs: Runs) -
         assert _one_line_error(runs.run(command)).startswith("no rankrun run is running")
 
 
+@pytest.mark.slow
 def test_a_killed_launcher_leaves_no_entry_that_is_listed(job: Job, runs: Runs) -> None:
     entry = job.start()
     assert job.proc is not None
@@ -262,6 +271,7 @@ def test_a_killed_launcher_leaves_no_entry_that_is_listed(job: Job, runs: Runs) 
     assert _one_line_error(runs.run("stacks", "job7")).startswith("no run job7: ")
 
 
+@pytest.mark.slow
 def test_a_registry_that_cannot_be_used_is_a_warning(runs: Runs, tmp_path: Path) -> None:
     (tmp_path / "registry").write_text("not a directory")
     runs.env[rundir.OVERRIDE_VAR] = str(tmp_path / "registry")
@@ -330,6 +340,7 @@ def _tick_when_due(live: LiveRun) -> None:
     assert live.tick(None) is None  # written, and nothing more is due
 
 
+@pytest.mark.slow
 def test_live_run_registers_a_run_that_lasts_and_notes_output(
     runs: Runs, sleepers: Sleepers, tmp_path: Path
 ) -> None:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Runs, wait_gone
+from conftest import Runs, process_state, wait_gone, wait_until
 from netns import make_hosts_fixture  # noqa: F401
-from test_gang import _wait_state, start_as_a_shell_job
+from test_gang_end_to_end import _wait_state, start_as_a_shell_job
 
 from rankrun.plan.ports import free_port
 
@@ -72,6 +72,7 @@ def _last(err: str) -> list[str]:
 
 
 @pytest.mark.parametrize("nodes", [2, 3])
+@pytest.mark.slow
 def test_nodes_train_and_end_with_the_same_weights(runs: Runs, nodes: int) -> None:
     demo = Path(__file__).parents[1] / "examples" / "train_ddp.py"
     port = str(free_port())
@@ -85,6 +86,7 @@ def test_nodes_train_and_end_with_the_same_weights(runs: Runs, nodes: int) -> No
     assert sum(out.count("weights match rank 0") for out, _ in outs) == nodes
 
 
+@pytest.mark.slow
 def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None:
     job = Job(runs, 2, "--nproc-per-node", "2", "--summary-json", "s.json")
     job.start_all(FAIL_RANK="3", HOLD="60")
@@ -99,6 +101,7 @@ def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None
 
 
 @pytest.mark.parametrize("what", ["nproc", "node_rank", "command"])
+@pytest.mark.slow
 def test_nodes_that_disagree_all_stop_with_the_same_line(runs: Runs, what: str) -> None:
     if what == "command":
         job = Job(runs, 2)
@@ -126,6 +129,7 @@ def test_nodes_that_disagree_all_stop_with_the_same_line(runs: Runs, what: str) 
     assert not list(runs.workdir.glob("up.*")), "no rank started"
 
 
+@pytest.mark.slow
 def test_an_agent_of_another_job_is_told_and_changes_nothing(runs: Runs) -> None:
     job = Job(runs, 2, "--run-id", "ours")
     job.start_all(HOLD="3")
@@ -136,6 +140,7 @@ def test_an_agent_of_another_job_is_told_and_changes_nothing(runs: Runs) -> None
     assert [code for code, _ in job.finish()] == [0, 0]
 
 
+@pytest.mark.slow
 def test_garbage_on_the_port_does_not_disturb_the_job(runs: Runs) -> None:
     job = Job(runs, 2)
     job.start_all(HOLD="2")
@@ -149,6 +154,7 @@ def test_garbage_on_the_port_does_not_disturb_the_job(runs: Runs) -> None:
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.slow
 def test_a_lost_node_is_noticed_and_ends_the_job(runs: Runs, how: int) -> None:
     job = Job(runs, 2, "--node-timeout", "2", "--shutdown-timeout", "2")
     node0, node1 = job.start_all(HOLD="120")
@@ -167,6 +173,7 @@ def test_a_lost_node_is_noticed_and_ends_the_job(runs: Runs, how: int) -> None:
     assert wait_gone(runs.tag, timeout=10) == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_any_node_ends_the_job_on_every_node(runs: Runs) -> None:
     job = Job(runs, 2)
     node0, node1 = job.start_all(HOLD="120")
@@ -178,6 +185,7 @@ def test_ctrl_c_on_any_node_ends_the_job_on_every_node(runs: Runs) -> None:
     assert "the job ended: interrupted on node 1" in err1
 
 
+@pytest.mark.slow
 def test_a_nodes_own_copy_of_the_jobs_signal_leaves_its_ranks_their_grace(runs: Runs) -> None:
     # A scheduler signals every node, and another node's word may arrive first.
     runs.script("rank.sh", """
@@ -198,6 +206,7 @@ def test_a_nodes_own_copy_of_the_jobs_signal_leaves_its_ranks_their_grace(runs: 
     assert sorted(p.name for p in runs.workdir.glob("saved.*")) == [f"saved.{r}" for r in range(4)]
 
 
+@pytest.mark.slow
 def test_no_thread_of_an_agent_takes_a_sigtstp_from_the_loop(runs: Runs) -> None:
     # A thread that does not block SIGTSTP would take it first, on the path that can lose a fg.
     runs.script("rank.sh", "touch up.$RANK\nwhile [ ! -e go ]; do sleep 0.05; done\n")
@@ -214,18 +223,22 @@ def test_no_thread_of_an_agent_takes_a_sigtstp_from_the_loop(runs: Runs) -> None
     assert [node.wait(timeout=30) for node in nodes] == [0, 0]
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_failures_teardown_ends_the_job_without_restart(runs: Runs) -> None:
     runs.script("rank.sh", """
-        trap 'sleep 2; exit 0' TERM  # a slow teardown
+        trap 'touch term.$RANK; sleep 2; exit 0' TERM  # a slow teardown
         touch up.$RANK.$TORCHELASTIC_RESTART_COUNT
-        [ "$RANK$TORCHELASTIC_RESTART_COUNT" = 30 ] && { sleep 0.3; exit 1; }
+        [ "$RANK$TORCHELASTIC_RESTART_COUNT" = 30 ] && {
+            while [ "$(ls up.*.0 2>/dev/null | wc -l)" -lt 4 ]; do sleep 0.01; done
+            exit 1
+        }
         while :; do sleep 0.1; done
     """)  # fmt: skip
     flags = ["--nnodes", "2", "--nproc-per-node", "2", "--max-restarts", "1",
              "--master-port", str(free_port()), "./rank.sh"]  # fmt: skip
     node0, node1 = (runs.start("--node-rank", str(n), *flags) for n in (0, 1))
     runs.wait_for_files("up.*.0", 4)
-    time.sleep(1.0)  # rank 3 has failed: every rank is in its 2 s teardown
+    runs.wait_for_files("term.[012]", 3)  # rank 3 has failed: every rank is in its 2 s teardown
     node1.send_signal(signal.SIGTERM)
     (_, err0), (_, err1) = node0.communicate(timeout=30), node1.communicate(timeout=30)
     assert "got SIGTERM during the teardown" in err1
@@ -234,9 +247,10 @@ def test_a_signal_during_a_failures_teardown_ends_the_job_without_restart(runs: 
     assert node0.returncode != 0 and node1.returncode != 0
 
 
+@pytest.mark.slow
 def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     runs.script("rank.sh", """
-        [ "$RANK" = 0 ] && exit 0
+        [ "$RANK" = 0 ] && { echo $$ > pid.tmp && mv pid.tmp pid.0; exit 0; }
         touch waiting
         while [ ! -e go ]; do sleep 0.05; done
     """)  # fmt: skip
@@ -244,7 +258,10 @@ def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     node0 = start_as_a_shell_job(runs, "--node-rank", "0", *flags)
     node1 = runs.start("--node-rank", "1", *flags)
     runs.wait_for_files("waiting", 1)
-    time.sleep(0.5)  # node 0's rank has ended: its agent waits for node 1's
+    (pid_file,) = runs.wait_for_files("pid.0", 1)
+    rank0 = int(pid_file.read_text())
+    # Once its rank is reaped, node 0 has no rank left: its agent waits for node 1's.
+    wait_until(lambda: process_state(rank0) is None, 10, "node 0 to reap its rank")
     node0.send_signal(signal.SIGTSTP)
     assert _wait_state([node0.pid], "T"), "Ctrl-Z must stop a node with no ranks left"
     node0.send_signal(signal.SIGCONT)
@@ -254,6 +271,7 @@ def test_ctrl_z_stops_a_node_that_waits_for_the_others(runs: Runs) -> None:
     assert node1.wait(timeout=30) == 0, node1.communicate()[1]
 
 
+@pytest.mark.slow
 def test_restarts_are_job_wide(runs: Runs) -> None:
     job = Job(runs, 2, "--max-restarts", "1")
     job.start_all(FAIL_RANK="1", FAIL_IN="0")
@@ -291,6 +309,7 @@ def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) 
     ]
 
 
+@pytest.mark.slow
 def test_a_partition_ends_the_ranks_on_both_sides(runs: Runs, make_hosts) -> None:  # type: ignore[no-untyped-def]
     hosts = make_hosts(2)
     port = str(free_port())
@@ -316,6 +335,7 @@ def test_a_partition_ends_the_ranks_on_both_sides(runs: Runs, make_hosts) -> Non
     assert wait_gone(runs.tag, timeout=10) == []
 
 
+@pytest.mark.slow
 def test_every_node_logs_under_node_0s_run_id(runs: Runs) -> None:
     job = Job(runs, 2, "--log-dir", "logs")
     job.start_all()

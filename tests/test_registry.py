@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs
+from conftest import Runs, wait_until
 from procs import Procs, ended
 
 from rankrun.inspect import registry, rundir
@@ -92,10 +92,7 @@ def test_a_launcher_is_found_by_run_id_and_pid_then_pruned_after_kill_9(
     assert find_run(str(found.ranks[1].pid), env) == found  # a rank's pid, as top shows it
 
     launcher.send_signal(signal.SIGKILL)  # no chance to unregister; not yet reaped: a zombie
-    deadline = time.monotonic() + 5
-    while start_time(launcher.pid) is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: start_time(launcher.pid) is None, 5, "the launcher to die", every=0.01)
     assert os.path.exists(path)
     assert live_runs(env) == []
     assert not os.path.exists(path)

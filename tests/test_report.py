@@ -5,7 +5,13 @@ from __future__ import annotations
 import signal
 
 from rankrun.output.outcome import Attempt, Ending, Outcome, RankResult
-from rankrun.output.report import error_lines, format_report, others_line
+from rankrun.output.report import (
+    cuda_error_line,
+    error_lines,
+    format_report,
+    others_line,
+    root_cause_line,
+)
 
 
 def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,
@@ -95,3 +101,14 @@ def test_an_interrupt_closes_with_what_every_rank_did() -> None:
         "others: terminated (SIGINT): 0; exited with code 130 during the teardown: 1",
         "exit code 130",
     ]
+
+
+def test_the_report_names_the_gpu_and_a_cuda_error() -> None:
+    tail = "RuntimeError: CUDA error: an illegal memory access was encountered\n"
+    result = RankResult(3, 1, 42, 0.0, Ending(1, None, 2.5), tail, None, "cuda:1 (0000:3b:00.0)")
+    assert "GPU cuda:1 (0000:3b:00.0)) exited with code 1" in root_cause_line(result, "h")
+    assert cuda_error_line(result) == (
+        "  (a CUDA error on cuda:1 (0000:3b:00.0): look at that GPU, or rerun with "
+        "CUDA_LAUNCH_BLOCKING=1)"
+    )
+    assert cuda_error_line(result._replace(stderr_tail="ValueError: x\n")) is None

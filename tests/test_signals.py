@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import BLOCKING_RANK, Runs, process_state
-from test_gang import start_as_a_shell_job
+import pytest
+from conftest import BLOCKING_RANK, Runs, process_state, wait_until
+from test_gang_end_to_end import start_as_a_shell_job
 
 
 def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Runs) -> None:
@@ -22,11 +23,8 @@ def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Ru
         argv = runs.argv("--nproc-per-node", "2", "--master-port", "0",
                          "--summary-json", str(fifo), "./rank.sh")  # fmt: skip
         launcher = subprocess.Popen(argv, env=runs.env, cwd=runs.workdir, stderr=err)
-    deadline = time.monotonic() + 20
-    while "exit code 3" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.02)
-    time.sleep(0.2)
+    wait_until(lambda: "exit code 3" in log.read_text(), 20, log.read_text)
+    wait_until(lambda: _opening(launcher.pid, fifo), 20, "the launcher to open the summary")
     assert launcher.poll() is None, "blocked on the summary, as the test intends"
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=10) == 3
@@ -34,6 +32,7 @@ def test_a_signal_while_the_summary_blocks_keeps_the_reported_exit_code(runs: Ru
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_z_then_fg_at_any_gap_leaves_the_job_running(runs: Runs) -> None:
     # At a gap of 0 the kernel often runs the SIGCONT's handler before the SIGTSTP's; at the
     # others the SIGCONT may land as the launcher stops itself. Both lost it, 3 runs in 10.
@@ -59,12 +58,14 @@ def test_ctrl_z_then_fg_at_any_gap_leaves_the_job_running(runs: Runs) -> None:
 
 def _settled_states(pids: list[int]) -> list[str]:
     """The processes' states, given a second to leave T: a slow launcher is not a stuck one."""
-    deadline = time.monotonic() + 1.0
-    while True:
-        states = [process_state(pid) for pid in pids]
-        if "T" not in states or time.monotonic() > deadline:
-            return states
-        time.sleep(0.01)
+    states: list[str | None] = []
+
+    def settled() -> bool:
+        states[:] = [process_state(pid) for pid in pids]
+        return "T" not in states
+
+    wait_until(settled, 1.0, "them to leave T", fail=False, every=0.01)
+    return states
 
 
 def test_ctrl_c_before_anything_is_spawned_is_one_line_and_130(runs: Runs) -> None:
@@ -137,10 +138,7 @@ def test_ctrl_c_that_python_swallows_still_stops_the_run(runs: Runs) -> None:
 
 
 def _wait_blocked_on(pid: int, path: Path) -> None:
-    deadline = time.monotonic() + 20
-    while not _opening(pid, path):
-        assert time.monotonic() < deadline, "never reached the FIFO"
-        time.sleep(0.02)
+    wait_until(lambda: _opening(pid, path), 20, "the launcher to reach the FIFO")
 
 
 def _opening(pid: int, path: Path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import Runs, wait_gone
 from test_deformable_detr import write_config_and_main
-from test_hostlist import cluster_up
+from test_slurm_env import cluster_up
 
 from rankrun.cli.slurm import master_port
 

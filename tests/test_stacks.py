@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Runs, process_state
+from conftest import Runs, process_state, wait_until
 from procs import Procs, ended
 
 import rankrun
@@ -159,10 +158,7 @@ def test_a_stopped_rank_is_read_without_pausing_it(procs: StackProcs) -> None:
     # Ctrl-Z stops the ranks; py-spy's blocking read fails on a stopped process.
     a = procs.blocked_in("waiting_in_all_reduce")
     os.kill(a.pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 5
-    while process_state(a.pid) != "T":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: process_state(a.pid) == "T", 5, "the rank to stop", every=0.01)
     try:
         (d,) = dump([("rank0", a.pid)], timeout=20)
     finally:

@@ -56,6 +56,7 @@ needs_py_spy = pytest.mark.skipif(not _has_py_spy(), reason="py-spy is not insta
 
 
 @needs_py_spy
+@pytest.mark.slow
 def test_a_stall_shows_each_rank_where_it_waits_and_the_job_goes_on(runs: Runs) -> None:
     runs.script("train.py", HANGING_RANK, executable=False)
     runs.env["LOAD_S"] = "12"
@@ -72,6 +73,7 @@ def test_a_stall_shows_each_rank_where_it_waits_and_the_job_goes_on(runs: Runs) 
 
 
 @needs_py_spy
+@pytest.mark.slow
 def test_on_stall_stop_ends_the_job_and_names_the_stall(runs: Runs) -> None:
     runs.script("train.py", HANGING_RANK, executable=False)
     result = runs.gang(2, "--stall-timeout", "3", "--on-stall", "stop", "train.py", timeout=120)
@@ -80,6 +82,7 @@ def test_on_stall_stop_ends_the_job_and_names_the_stall(runs: Runs) -> None:
 
 
 @needs_py_spy
+@pytest.mark.slow
 def test_a_rank_that_ignores_sigterm_shows_its_stack_before_sigkill(runs: Runs) -> None:
     runs.script("train.py", STUBBORN_RANK, executable=False)
     result = runs.gang(2, "--shutdown-timeout", "2", "train.py", timeout=60)
@@ -89,6 +92,7 @@ def test_a_rank_that_ignores_sigterm_shows_its_stack_before_sigkill(runs: Runs) 
     assert "cleaning_up_forever" in err[err.index("did not stop") : err.index("sent SIGKILL")]
 
 
+@pytest.mark.slow
 def test_without_py_spy_a_stall_says_how_to_get_it(runs: Runs) -> None:
     # The base interpreter, beside which no py-spy lies, and a PATH without one.
     runs.script("rank.sh", "echo up\nexec sleep 300\n")

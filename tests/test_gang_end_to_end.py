@@ -1,4 +1,9 @@
-"""The gang lives and dies together, and nothing it started outlives it."""
+"""The gang end to end: real launchers, ranks and signals. It lives and dies together, and
+nothing it started outlives it.
+
+The gang's decisions alone, on a scripted fake Host in milliseconds, are
+tests/test_gang_decisions.py: a decision belongs there, and here what only real processes show.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,15 @@ import subprocess
 import time
 
 import pytest
-from conftest import BLOCKING_RANK, Runs, alive, process_state, tagged_pids, wait_gone
+from conftest import (
+    BLOCKING_RANK,
+    Runs,
+    alive,
+    process_state,
+    tagged_pids,
+    wait_gone,
+    wait_until,
+)
 
 FAILING_RANK = """
     #!/bin/bash
@@ -112,6 +125,7 @@ def test_terminated_ranks_are_never_the_root_cause(runs: Runs) -> None:
     assert "root cause: rank 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_rank_ignoring_sigterm_gets_sigkill_after_the_grace_period(runs: Runs) -> None:
     runs.script(
         "rank.sh",
@@ -159,6 +173,7 @@ def test_signal_to_the_launcher_ends_everything_with_128_plus_n(runs: Runs, sign
     assert closing[2] == f"rankrun: exit code {128 + signum}", err
 
 
+@pytest.mark.slow
 def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)  # bash ignores SIGQUIT, always
     launcher = runs.start_gang(2, "--shutdown-timeout", "1", "./rank.sh")
@@ -172,19 +187,24 @@ def test_sigquit_is_forwarded_then_sigkill_ends_ranks_that_ignore_it(runs: Runs)
 
 def test_second_ctrl_c_kills_at_once(runs: Runs) -> None:
     runs.script("rank.sh", "trap '' INT TERM\ntouch up.$RANK\nwhile true; do sleep 0.05; done\n")
-    launcher = runs.start_gang(2, "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh", stderr_to="err.log")
+    log = runs.workdir / "err.log"
     runs.wait_for_files("up.*", 2)
     started = time.monotonic()
     launcher.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    wait_until(lambda: "sent SIGINT to 2 rank group(s)" in log.read_text(), 10, "the teardown")
+    time.sleep(0.3)  # a person's second Ctrl-C: within 0.25 s, it would be the same request
     assert launcher.poll() is None, "ranks ignore SIGINT, so the first Ctrl-C waits for grace"
+    assert "sent SIGKILL" not in log.read_text()
     launcher.send_signal(signal.SIGINT)
-    _, err = launcher.communicate(timeout=20)
+    launcher.communicate(timeout=20)
+    err = log.read_text()
     assert time.monotonic() - started < 10
     assert launcher.returncode == 128 + signal.SIGINT
     assert "sent SIGKILL" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
     launcher = runs.start_gang(4, "--shutdown-timeout", "3", "./rank.sh")
@@ -197,6 +217,7 @@ def test_sigkill_of_the_launcher_leaves_nothing_behind(runs: Runs) -> None:
 
 
 @pytest.mark.parametrize("closed", ["stdout", "stderr"])
+@pytest.mark.slow
 def test_sigkill_of_a_launcher_started_without_stdio_leaves_nothing(
     runs: Runs, closed: str
 ) -> None:
@@ -276,15 +297,18 @@ def test_hundreds_of_labelled_ranks_fit_in_the_open_files_limit(runs: Runs) -> N
 
 def test_a_dead_guardian_does_not_break_the_run(runs: Runs) -> None:
     runs.script("rank.sh", BLOCKING_RANK)
-    launcher = runs.start_gang(2, "./rank.sh")
+    launcher = runs.start_gang(2, "./rank.sh", stderr_to="err.log")
+    log = runs.workdir / "err.log"
     ours = {int(p) for f in runs.wait_for_files("pids.*", 2) for p in f.read_text().split()}
     guardian = set(tagged_pids(runs.tag)) - ours - {launcher.pid}
     assert len(guardian) == 1, f"expected the guardian beside the ranks: {guardian}"
     assert os.getsid(guardian_pid := guardian.pop()) == guardian_pid, "in a session of its own"
     os.kill(guardian_pid, signal.SIGKILL)
-    time.sleep(0.2)
+    said = f"the guardian (pid {guardian_pid}) died"
+    wait_until(lambda: said in log.read_text(), 10, "the launcher to notice")
     launcher.send_signal(signal.SIGTERM)
-    _, err = launcher.communicate(timeout=20)
+    launcher.communicate(timeout=20)
+    err = log.read_text()
     assert launcher.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in err
     assert "guardian" in err
@@ -337,12 +361,8 @@ def test_tstp_outside_job_control_pauses_the_ranks_and_the_launcher_runs_on(runs
 
 
 def _wait_state(pids: list[int], state: str, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(process_state(pid) == state for pid in pids):
-            return True
-        time.sleep(0.02)
-    return False
+    in_state = lambda: all(process_state(pid) == state for pid in pids)  # noqa: E731
+    return wait_until(in_state, timeout, f"{pids} in state {state}", fail=False)
 
 
 def test_a_rank_that_fails_during_the_teardown_is_said_so(runs: Runs) -> None:
@@ -391,9 +411,16 @@ def test_a_daemon_that_left_its_ranks_group_is_ended_and_named(runs: Runs) -> No
 
 
 def _ranks_leave_daemons_that_ignore_sigterm(runs: Runs) -> None:
-    runs.script("daemon.sh", "trap '' TERM\ntouch daemon.$1\nwhile :; do sleep 0.1; done\n")
+    runs.script("daemon.py", """
+        import signal, sys, time
+        mark = lambda what: open(f"{what}.{sys.argv[1]}", "w").close()
+        signal.signal(signal.SIGTERM, lambda *_: mark("term"))  # and lives on
+        mark("daemon")
+        while True:
+            time.sleep(0.1)
+    """)  # fmt: skip
     runs.script("rank.sh", """
-        setsid ./daemon.sh $RANK &
+        setsid python3 daemon.py $RANK &
         while [ ! -e daemon.$RANK ]; do sleep 0.01; done  # it has left the rank's group
         touch done.$RANK
     """)  # fmt: skip
@@ -402,9 +429,10 @@ def _ranks_leave_daemons_that_ignore_sigterm(runs: Runs) -> None:
 def _wait_until_the_ranks_ended(runs: Runs) -> None:
     """Two ranks: after this, rankrun is ending their daemons, within its grace period."""
     runs.wait_for_files("done.*", 2)
-    time.sleep(0.5)
+    runs.wait_for_files("term.*", 2)  # each daemon got the SIGTERM, and lives on
 
 
+@pytest.mark.slow
 def test_ctrl_z_stops_the_launcher_while_it_ends_escaped_daemons(runs: Runs) -> None:
     _ranks_leave_daemons_that_ignore_sigterm(runs)
     launcher = start_as_a_shell_job(runs, "--nproc-per-node", "2", "--shutdown-timeout", "5",
@@ -428,6 +456,7 @@ def test_ctrl_c_while_escaped_daemons_are_ended_kills_them_at_once(runs: Runs) -
     assert "ended 2 process(es) that had left their rank's group" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Runs) -> None:
     runs.script(
         "rank.sh", f'{DAEMON} > "tmp.$RANK"\nmv "tmp.$RANK" "daemon.$RANK"\nexec sleep 300\n'
@@ -440,20 +469,21 @@ def test_sigkill_of_the_launcher_also_ends_a_daemon_outside_the_groups(runs: Run
     assert not any(alive(pid) for pid in daemons)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Runs) -> None:
     runs.script(
         "rank.sh",
         """
         #!/bin/bash
-        trap '' TERM
+        trap 'touch "term.$RANK"' TERM  # and lives on
         touch "up.$RANK"
-        [ "$RANK" = 0 ] && { sleep 0.5; exit 3; }
+        [ "$RANK" = 0 ] && { while [ ! -e up.1 ]; do sleep 0.01; done; exit 3; }
         while true; do sleep 0.05; done
     """,
     )
     launcher = runs.start_gang(2, "--shutdown-timeout", "3", "--max-restarts", "2", "./rank.sh")
     runs.wait_for_files("up.*", 2)
-    time.sleep(1.0)  # rank 0 has failed; rank 1 ignores the SIGTERM of the teardown
+    runs.wait_for_files("term.1", 1)  # rank 0 has failed; rank 1 outlives the teardown's SIGTERM
     started = time.monotonic()
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=20)
@@ -463,6 +493,7 @@ def test_ctrl_c_during_a_failures_teardown_ends_the_run_without_restart(runs: Ru
     assert "interrupted: rankrun got SIGINT during the teardown of rank 0's failure" in err
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_launcher_ends_what_a_rank_starts_outside_its_group_when_told_to_stop(
     runs: Runs,
 ) -> None:
