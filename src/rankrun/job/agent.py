@@ -142,6 +142,8 @@ class Agent:
         while True:
             end = link.ends.get(number)
             lost = end is not None and end["kind"] == End.LOST
+            # A node lost after the attempt had ended (during a teardown) publishes no result.
+            lost = lost or bool(link.heartbeat.lost())
             if link.result_counts.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
                 self._say_seen(number)
                 return end
@@ -149,8 +151,10 @@ class Agent:
                 if not isinstance(e, Signalled):
                     continue
                 if e.signum in TERMINATING:
-                    link.interrupted(e.signum)
-                elif e.signum == signal.SIGTSTP:
+                    link.interrupted(e.signum)  # and wait no more: the user asked to stop
+                    self._say_seen(number)
+                    return link.ends.get(number)
+                if e.signum == signal.SIGTSTP:
                     host.pause()  # no rank is left here to pause
 
     def _say_seen(self, number: int) -> None:
@@ -175,6 +179,12 @@ class Agent:
 
         number = len(outcome.attempts) - 1
         end = self.link.ends.get(number) or {}
+        if self.link.cut_off:
+            halted = outcome.attempts[-1].halted
+            reason = halted.reason if halted else "cut off from the job"
+            printer.event(f"stopped: {reason}; no report of the other nodes")
+            printer.event(f"exit code {outcome.exit_code}")
+            return
         if self.plan.node_rank != 0:
             if end:
                 printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
@@ -193,7 +203,7 @@ class Agent:
 
     def _gather(self, number: int, end: dict[str, object]) -> dict[int, control.NodeResult]:
         meeting = self.plan.rendezvous
-        lost = end.get("lost") or []
+        lost = end.get("lost") or self.link.heartbeat.lost()
         assert isinstance(lost, list)
         wait = self.plan.shutdown_timeout + meeting.node_timeout + 5
         results = control.gather_results(self.store, number, self.plan.nnodes, wait, lost)

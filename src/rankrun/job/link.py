@@ -158,12 +158,19 @@ class Link:
 
     def _watch_clock(self) -> None:
         while not self._closing.wait(POLL * 2):
+            self.heartbeat.awake()
             if self.heartbeat.cut_off():
-                why = f": {self.heartbeat.error}" if self.heartbeat.error else ""
-                reason = (f"cut off from the job's store for {self.timeout:g} s{why}: "
-                          f"ending this node's ranks")  # fmt: skip
-                self._tell(self.attempt_number, Halted(reason, 1))
+                self._tell(self.attempt_number, Halted(self._cut_off_reason(), 1))
                 return
+
+    def _cut_off_reason(self) -> str:
+        frozen = self.heartbeat.frozen_for
+        if frozen is not None:
+            return (f"cut off from the job: this node did not run for {frozen:.1f} s (stopped?), "
+                    f"past --node-timeout {self.timeout:g} s, so the other nodes have given it "
+                    "up: ending this node's ranks")  # fmt: skip
+        why = f": {self.heartbeat.error}" if self.heartbeat.error else ""
+        return f"cut off from the job's store for {self.timeout:g} s{why}: ending this node's ranks"
 
     def _tell(self, attempt: int, event: Halted) -> None:
         with self._lock:

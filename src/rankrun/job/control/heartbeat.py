@@ -39,12 +39,25 @@ class Heartbeat:
         now = clock()
         self._last_ok = now
         self._seen: dict[int, tuple[bytes, float]] = {r: (b"", now) for r in self._others}
+        self._last_awake = now
+        self.frozen_for: float | None = None
+        """How long this process did not run (SIGSTOP, a paused VM), once that passed
+        ``timeout``: the others have given this node up, and it judges none of them by a time
+        it did not watch."""
+
+    def awake(self) -> None:
+        """Note that this process runs; called often, by threads that never block for long."""
+        now = self.clock()
+        if now - self._last_awake > self.timeout and self.frozen_for is None:
+            self.frozen_for = now - self._last_awake
+        self._last_awake = now
 
     def tick(self) -> list[int]:
         """Beat, look at the others, and return the nodes lost. Store errors are kept, not raised.
 
         May block for as long as the store does not answer (see ``cut_off``).
         """
+        self.awake()
         try:
             self.store.client.add(self._mine, 1)
             values = self.store.client.multi_get(self._keys) if self._keys else []
@@ -52,6 +65,9 @@ class Heartbeat:
             self.error = first_line(e)
             return []
         now = self.clock()
+        self._last_awake = now  # the calls above may block for as long as the store does
+        if self.frozen_for is not None:
+            return []
         self._last_ok, self.error = now, None
         for r, value in zip(self._others, values, strict=True):
             if value != self._seen[r][0]:
@@ -63,8 +79,9 @@ class Heartbeat:
         return [r for r, (_, t) in self._seen.items() if self._last_ok - t > self.timeout]
 
     def cut_off(self) -> bool:
-        """Whether this agent's own store operations have not succeeded for ``timeout``."""
-        return self.clock() - self._last_ok > self.timeout
+        """Whether this agent's own store operations have not succeeded for ``timeout``, or
+        this process did not run for that long."""
+        return self.frozen_for is not None or self.clock() - self._last_ok > self.timeout
 
     def quiet_for(self) -> float:
         """Seconds since this agent's last successful tick."""
