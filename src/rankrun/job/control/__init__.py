@@ -43,10 +43,11 @@ Facts learnt from torch 2.13 that shape this module:
 - ``set`` does not wait for the server's answer: it "succeeds" against a stopped or vanished
   server. Only calls that return a value (``add``, ``get``, ``check``, ``compare_set``) prove
   the server alive, so the heartbeat uses ``add``.
-- The server has one event-loop thread. After a connection that sends bytes it can't parse, or
-  closes without a word, it sometimes looks up the peer's name by reverse DNS on that thread:
-  every client waits for it (5 s here, where DNS is unreachable). Nothing here opens such a
-  connection; port scanners and health checks can.
+- The server has one event-loop thread, and after every accept it looks up the peer's name by
+  reverse DNS on that thread (``formatSockAddr`` in torch's ``socket.cpp``, for log text); each
+  client also looks up the server's. Every client waits for each lookup: a resolver that drops
+  a query costs 5 s (glibc's timeout) per lost query, in steps, when many agents join at once.
+  ``docs/multi-node.md`` says how to avoid it. A plain-socket probe would cost one more lookup.
 """
 
 from rankrun.job.control.attempt import (
