@@ -12,12 +12,11 @@ from rankrun.run.reaper import Reaper
 from rankrun.run.watch import TERMINATING, Signalled, Watch
 
 
-def end_escaped(reaper: Reaper, watch: Watch, grace: float) -> list[str]:
-    """SIGTERM each adopted process's group, SIGKILL what is left after ``grace``; name them.
-
-    A Ctrl-Z stops the launcher at once, and a terminating signal skips the grace.
+def end_escaped(pids: set[int], reaper: Reaper, watch: Watch, grace: float) -> list[str]:
+    """SIGTERM the group of each adopted process in ``pids``, SIGKILL what is left after
+    ``grace``; name them. A Ctrl-Z stops the launcher at once, and a terminating signal skips
+    the grace.
     """
-    pids = set(reaper.adopted())
     named = [f"{pid} ({process_name(pid) or '?'})" for pid in sorted(pids)]
     _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace

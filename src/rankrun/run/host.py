@@ -18,7 +18,6 @@ from rankrun.output.outcome import Ending, RankResult
 from rankrun.output.printer import Printer
 from rankrun.output.relay import Relay
 from rankrun.plan.plan import RankSpec
-from rankrun.run.escapees import end_escaped
 from rankrun.run.guardian import Guardian
 from rankrun.run.libc import load_prctl, set_subreaper
 from rankrun.run.limits import ensure_fd_capacity
@@ -169,7 +168,12 @@ class Host:
 
     def end_escaped(self) -> list[str]:
         """End what left its rank's group (a ``setsid`` daemon) and was adopted; name it."""
-        return end_escaped(self._reaper, self._watch, self._grace)
+        adopted = self._reaper.adopted()
+        if not adopted:
+            return []  # the common case, without importing what ends them
+        from rankrun.run.escapees import end_escaped
+
+        return end_escaped(set(adopted), self._reaper, self._watch, self._grace)
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
         """The Python stacks of ranks given as (rank, pid), labelled; raises NoStacks."""

@@ -124,7 +124,8 @@ def connect(
     Each try is torch's constructor, which retries a refused connection for up to ``every``
     seconds, in a helper thread: against a listener that accepts but never answers (a stopped
     node 0) it blocks, and stays pending, so it completes if node 0 wakes up. There is no
-    plain-socket probe: each connection costs the server a reverse DNS lookup on its one thread. ``op_timeout`` becomes the client's timeout for waiting on a key.
+    plain-socket probe: each connection costs the server a reverse DNS lookup on its one
+    thread. ``op_timeout`` becomes the client's timeout for waiting on a key.
     """
     dist = torch_distributed()
     deadline = time.monotonic() + timeout
