@@ -12,12 +12,15 @@ from rankrun.run.reaper import Reaper
 from rankrun.run.watch import TERMINATING, Signalled, Watch
 
 
-def end_escaped(reaper: Reaper, watch: Watch, grace: float) -> list[str]:
+def end_escaped(
+    reaper: Reaper, watch: Watch, grace: float, stuck: set[int] | frozenset[int] = frozenset()
+) -> list[str]:
     """SIGTERM each adopted process's group, SIGKILL what is left after ``grace``; name them.
 
-    A Ctrl-Z stops the launcher at once, and a terminating signal skips the grace.
+    A Ctrl-Z stops the launcher at once, and a terminating signal skips the grace. The
+    ``stuck`` ranks, which outlived SIGKILL, are left to the kernel.
     """
-    pids = set(reaper.adopted())
+    pids = set(reaper.adopted()) - stuck
     named = [f"{pid} ({process_name(pid) or '?'})" for pid in sorted(pids)]
     _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
