@@ -56,6 +56,8 @@ class ScriptedHost:
         self.last_output = self.clock
         self.stack_requests: list[list[tuple[int, int]]] = []
         self.no_stacks = ""
+        self.stuck_in: dict[int, str] = {}
+        """Where each rank that outlives SIGKILL is stuck, by pid."""
         self._spawn_fails = spawn_fails
 
     def now(self) -> float:
@@ -117,6 +119,9 @@ class ScriptedHost:
             raise NoStacks(self.no_stacks)
         return [f"[rank{rank}]: at work" for rank, _ in ranks]
 
+    def stuck(self, pid: int) -> str | None:
+        return self.stuck_in.get(pid)
+
 
 def exit_(pid: int, code: int | None = 0, sig: int | None = None) -> Exited:
     return Exited(pid, code, sig, 0.0)
@@ -156,6 +161,17 @@ def test_grace_ends_in_sigkill_and_a_rank_that_never_ends_is_said_so() -> None:
     assert host.clock >= 1000.5 + 5.0
     assert attempt.ranks[1].ending.words() == "did not end, even after SIGKILL"
     assert "sent SIGKILL to 1 rank group(s)" in events.lines
+
+
+def test_a_rank_stuck_in_the_kernel_is_named_with_its_wait_channel_and_not_waited_for() -> None:
+    host = ScriptedHost([(0.5, [exit_(100, 1)])])
+    host.stuck_in[101] = "state D, in nfs_wait_on_request"
+    attempt, events = supervise(host, ranks=2, shutdown_timeout=5.0)
+    assert host.signals == [(101, TERM), (101, KILL)], "SIGKILL is sent once, not for ever"
+    assert host.clock < 1000.5 + 5.0 + 3.0, "given up a moment after SIGKILL"
+    words = "is stuck in the kernel (state D, in nfs_wait_on_request) and could not be ended"
+    assert attempt.ranks[1].ending.words() == words
+    assert events.lines[-1] == f"rank 1 (pid 101) {words}"
 
 
 def test_second_ctrl_c_during_the_teardown_kills_at_once() -> None:

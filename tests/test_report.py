@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from rankrun.output.outcome import Attempt, Ending, Outcome, RankResult
+from rankrun.output.outcome import Attempt, Ending, OomVerdict, Outcome, RankResult
 from rankrun.output.report import (
     cuda_error_line,
     error_lines,
@@ -17,6 +17,25 @@ from rankrun.output.report import (
 def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,
             tail: str = "") -> RankResult:  # fmt: skip
     return RankResult(rank, rank, 100 + rank, 10.0, Ending(code, sig, 12.5, terminated), tail)
+
+
+def test_a_sigkill_says_whether_the_oom_killer_sent_it_or_guesses_when_none_can_tell() -> None:
+    gib = 1 << 30
+    oom = OomVerdict(True, "/slurm/uid_0/job_12", 8 * gib, int(7.9 * gib))
+    words = Ending(None, signal.SIGKILL, 1.0, oom=oom).words()
+    assert words == (
+        "was killed by the kernel's OOM killer "
+        "(memory limit 8.0 GiB of cgroup /slurm/uid_0/job_12; rank's peak RSS 7.9 GiB)"
+    )
+    machine = OomVerdict(True, "/", None, 512 << 20)
+    assert Ending(None, signal.SIGKILL, 1.0, oom=machine).words() == (
+        "was killed by the kernel's OOM killer (the machine ran out of memory; "
+        "rank's peak RSS 512.0 MiB)"
+    )
+    not_oom = Ending(None, signal.SIGKILL, 1.0, oom=OomVerdict(False))
+    assert not_oom.words() == "was killed by SIGKILL, not by the kernel's OOM killer"
+    unknown = Ending(None, signal.SIGKILL, 1.0).words()
+    assert unknown == "was killed by SIGKILL (often the kernel's OOM killer)"
 
 
 def test_others_fold_runs_of_ranks_into_ranges() -> None:

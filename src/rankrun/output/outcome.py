@@ -32,6 +32,41 @@ def signal_text(signum: int) -> str:
     return f"{signal_name(signum)} ({meaning})" if meaning else signal_name(signum)
 
 
+def size_text(size: int) -> str:
+    """Bytes as people read memory: ``7.9 GiB``, ``512.0 MiB``."""
+    if size >= 1 << 30:
+        return f"{size / (1 << 30):.1f} GiB"
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+class OomVerdict(NamedTuple):
+    """Whether the kernel's OOM killer sent a rank's SIGKILL, and what the kernel said of it."""
+
+    oom_killed: bool
+    cgroup: str | None = None
+    """The memory cgroup whose limit was hit (or the rank's), as /proc names it; ``/`` when
+    the whole machine ran out."""
+    limit: int | None = None
+    """That cgroup's memory limit, in bytes."""
+    peak_rss: int | None = None
+    """The rank's peak resident memory, in bytes."""
+
+    def words(self) -> str:
+        if not self.oom_killed:
+            return "was killed by SIGKILL, not by the kernel's OOM killer"
+        where = []
+        if self.cgroup == "/" and self.limit is None:
+            where.append("the machine ran out of memory")
+        elif self.limit is not None:
+            where.append(f"memory limit {size_text(self.limit)} of cgroup {self.cgroup}")
+        elif self.cgroup is not None:
+            where.append(f"cgroup {self.cgroup}")
+        if self.peak_rss is not None:
+            where.append(f"rank's peak RSS {size_text(self.peak_rss)}")
+        detail = f" ({'; '.join(where)})" if where else ""
+        return f"was killed by the kernel's OOM killer{detail}"
+
+
 class Ending(NamedTuple):
     """How one rank ended, decided once, where its exit is seen."""
 
@@ -44,6 +79,11 @@ class Ending(NamedTuple):
     """The launcher signalled the rank's group before the rank ended."""
     error: str | None = None
     """The launcher's own word, such as why the rank could not start."""
+    oom: OomVerdict | None = None
+    """For a SIGKILL that rankrun did not send, whether the OOM killer sent it; None when
+    no one can tell."""
+    stuck: str | None = None
+    """For a rank that outlived SIGKILL, where it is stuck: ``state D, in nfs_wait_on_request``."""
 
     @property
     def failed(self) -> bool:
@@ -62,7 +102,11 @@ class Ending(NamedTuple):
         if self.error:
             return self.error
         if self.signal is not None:
+            if self.oom is not None and self.signal == _signal.SIGKILL:
+                return self.oom.words()
             return f"was killed by {signal_text(self.signal)}"
+        if self.stuck is not None:
+            return f"is stuck in the kernel ({self.stuck}) and could not be ended"
         if self.exit_code is None:
             return "did not end, even after SIGKILL"
         return f"exited with code {self.exit_code}"

@@ -41,6 +41,7 @@ def format_report(outcome: Outcome, hostname: str) -> list[str]:
         lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
         lines.append(others_line(last))
     if lines:
+        lines.extend(stuck_lines(last))
         lines.append(f"exit code {outcome.exit_code}")
     return lines
 
@@ -95,8 +96,15 @@ def _what_it_did(r: RankResult) -> str:
     if r.signal is not None:
         return f"terminated ({signal_name(r.signal)})"
     if r.exit_code is None:
-        return "did not end, even after SIGKILL"
+        return "stuck in the kernel" if r.ending.stuck else "did not end, even after SIGKILL"
     return f"exited with code {r.exit_code} during the teardown"
+
+
+def stuck_lines(attempt: Attempt) -> list[str]:
+    """Each rank that outlived SIGKILL, with where it is stuck."""
+    return [
+        f"rank {r.rank} (pid {r.pid}) {r.ending.words()}" for r in attempt.ranks if r.ending.stuck
+    ]
 
 
 def _ranks(results: list[RankResult]) -> str:

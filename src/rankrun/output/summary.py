@@ -51,4 +51,20 @@ def rank_row(r: RankResult) -> dict[str, Any]:
         "exit_code": r.exit_code,
         "signal": signal_name(r.signal) if r.signal is not None else None,
         "state": state,
+        "oom_killed": r.ending.oom.oom_killed if r.ending.oom is not None else None,
+        "oom": _oom(r),
+        "stuck": r.ending.stuck,
+    }
+
+
+def _oom(r: RankResult) -> dict[str, Any] | None:
+    """What the kernel said of an OOM kill: ``words`` as the report puts it."""
+    oom = r.ending.oom
+    if oom is None or not oom.oom_killed:
+        return None
+    return {
+        "cgroup": oom.cgroup,
+        "memory_limit_bytes": oom.limit,
+        "peak_rss_bytes": oom.peak_rss,
+        "words": oom.words(),
     }

@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
             """Each rank's stack, its lines labelled ``[rankN]: ``; raises NoStacks."""
 
+        def stuck(self, pid: int) -> str | None:
+            """Where a rank that outlived SIGKILL is stuck (its state and wait channel)."""
+
         @property
         def last_output(self) -> float: ...
 
@@ -172,7 +175,8 @@ class Gang:
 
     def _exited(self, e: Exited) -> _Member:
         member = self.live.pop(e.pid)
-        member.ending = Ending(e.exit_code, e.signal, e.at, terminated=self.deadline is not None)
+        terminated = self.deadline is not None
+        member.ending = Ending(e.exit_code, e.signal, e.at, terminated=terminated, oom=e.oom)
         self.host.drain(member.pid)
         return member
 
@@ -333,15 +337,26 @@ class Gang:
         for member in self.members:
             if member.pid:
                 self.host.drain(member.pid)
+            if member.pid and member.ending is None:
+                self._give_up(member)
         results = tuple(self._result(m) for m in self.members)
         cause = results[self.members.index(self.cause)] if self.cause is not None else None
         return Attempt(
             self.number, results, cause, self.interrupted_by, self.launcher_error, self.halted
         )
 
+    def _give_up(self, member: _Member) -> None:
+        """Still there after SIGKILL and the wait that follows it: stuck in the kernel (an
+        uninterruptible wait, a frozen cgroup), where waiting longer may never end."""
+        stuck = self.host.stuck(member.pid)
+        member.ending = Ending(None, None, self.host.wall_clock(), terminated=True, stuck=stuck)
+        if stuck is not None:
+            rank, pid = member.spec.rank, member.pid
+            self.printer.event(f"rank {rank} (pid {pid}) {member.ending.words()}")
+
     def _result(self, member: _Member) -> RankResult:
         ending = member.ending
-        if ending is None:  # still there after SIGKILL and the wait that follows it
+        if ending is None:  # its group outlived SIGKILL; the attempt's end names the rank
             ending = Ending(None, None, self.host.wall_clock(), terminated=True)
         if not member.pid:
             spec = member.spec

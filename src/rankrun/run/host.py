@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from rankrun.inspect.cgroup import memory_cgroup
 from rankrun.inspect.live import LiveRun
 from rankrun.output.outcome import Ending, RankResult
 from rankrun.output.printer import Printer
@@ -23,7 +24,7 @@ from rankrun.run.libc import load_prctl, set_subreaper
 from rankrun.run.limits import ensure_fd_capacity
 from rankrun.run.rank import Rank, pipe_bytes
 from rankrun.run.reaper import Reaper
-from rankrun.run.watch import Event, Watch
+from rankrun.run.watch import Event, Exited, Watch
 
 
 class Host:
@@ -37,6 +38,10 @@ class Host:
         self._ranks: dict[int, Rank] = {}
         self._news: list[Event] = []
         self._live = LiveRun(printer.event)
+        self._killed: set[int] = set()
+        """The groups rankrun sent SIGKILL."""
+        self._stuck: set[int] = set()
+        """Ranks that outlived SIGKILL: not ours to end again, nor to name as escaped."""
         self.last_output = time.monotonic()
         """When a rank last wrote something that passes through rankrun."""
 
@@ -45,6 +50,9 @@ class Host:
         self._watch.__enter__()
         try:
             self._reaper = Reaper()
+            # The ranks start in the launcher's memory cgroup: its OOM kills so far.
+            self._memory = memory_cgroup()
+            self._oom_kills = self._memory.oom_kills() if self._memory is not None else None
             # Forked first, so that it is adopted by init and not by the launcher as subreaper.
             self._guardian = Guardian(self._grace, self._token)
             load_prctl()  # while the guardian's first fork exits
@@ -130,6 +138,8 @@ class Host:
             os.killpg(pgid, signum)
         except ProcessLookupError:
             return False
+        if signum == signal.SIGKILL:
+            self._killed.add(pgid)
         return True
 
     def group_exists(self, pgid: int) -> bool:
@@ -155,8 +165,23 @@ class Host:
         news, self._news = self._news, []
         if not signals or signals[0].signum != signal.SIGCHLD:
             return [*signals, *news]
-        exits: list[Event] = list(self._reaper.reap())
+        exits: list[Event] = list(self._explain(self._reaper.reap()))
         return exits + signals[1:] + news
+
+    def _explain(self, exits: list[Exited]) -> list[Exited]:
+        """Say, of each rank dead of a SIGKILL rankrun did not send, whether the kernel's OOM
+        killer sent it."""
+        killed = [e for e in exits if e.signal == signal.SIGKILL and e.pid in self._ranks]
+        killed = [e for e in killed if e.pid not in self._killed]
+        if not killed:
+            return exits
+        from rankrun.inspect.oom import Killed, explain
+
+        ago = time.time() - time.monotonic()
+        ranks = [Killed(e.pid, self._ranks[e.pid].started_at - ago, e.peak_rss, e.cgroup)
+                 for e in killed]  # fmt: skip
+        verdicts, self._oom_kills = explain(ranks, self._memory, self._oom_kills)
+        return [e._replace(oom=verdicts[e.pid]) if e.pid in verdicts else e for e in exits]
 
     def _guardian_died(self) -> None:
         assert self._guardian is not None
@@ -168,12 +193,28 @@ class Host:
 
     def end_escaped(self) -> list[str]:
         """End what left its rank's group (a ``setsid`` daemon) and was adopted; name it."""
-        adopted = self._reaper.adopted()
+        adopted = set(self._reaper.adopted()) - self._stuck  # a stuck rank is the kernel's
         if not adopted:
             return []  # the common case, without importing what ends them
         from rankrun.run.escapees import end_escaped
 
-        return end_escaped(set(adopted), self._reaper, self._watch, self._grace)
+        return end_escaped(adopted, self._reaper, self._watch, self._grace)
+
+    def stuck(self, pid: int) -> str | None:
+        """Where a rank that outlived SIGKILL is: ``state D, in nfs_wait_on_request``."""
+        from rankrun.inspect.procfs import read_stat
+
+        stat = read_stat(pid)
+        if stat is None or not stat.live:
+            return None
+        self._stuck.add(pid)
+        try:
+            with open(f"/proc/{pid}/wchan") as f:
+                wchan = f.read().strip()
+        except OSError:
+            wchan = ""
+        where = f", in {wchan}" if wchan not in ("", "0") else ""
+        return f"state {stat.state}{where}"
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
         """The Python stacks of ranks given as (rank, pid), labelled; raises NoStacks."""

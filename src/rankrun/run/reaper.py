@@ -9,8 +9,10 @@ is first looked at without being reaped (``WNOWAIT``).
 from __future__ import annotations
 
 import os
+import signal
 import time
 
+from rankrun.inspect.cgroup import memory_cgroup
 from rankrun.run.watch import Exited
 
 _PEEK = os.WEXITED | os.WNOHANG | os.WNOWAIT
@@ -33,7 +35,7 @@ class Reaper:
                 return exits
             if peek.si_pid in self._foreign:
                 break  # it stays unreaped, and would hide the launcher's own from the peek
-            ended = _reap(peek.si_pid)
+            ended = _reap(peek.si_pid, peek)
             if ended is not None:
                 exits.append(ended)
         ours = (_reap(pid) for pid in children() if pid not in self._foreign)
@@ -44,16 +46,24 @@ class Reaper:
         return [pid for pid in children() if pid not in self._foreign]
 
 
-def _reap(pid: int) -> Exited | None:
+def _reap(pid: int, peek: os.waitid_result | None = None) -> Exited | None:
+    """Reap ``pid`` if it has ended. After a SIGKILL, its cgroup is read first, while the
+    zombie still names it (v2 only). Its rusage gives its peak memory, at no cost."""
     try:
-        result = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        peek = peek or os.waitid(os.P_PID, pid, _PEEK)
+        if peek is None:
+            return None
+        killed = peek.si_code == os.CLD_KILLED and peek.si_status == signal.SIGKILL
+        cgroup = memory_cgroup(pid) if killed else None
+        reaped, status, usage = os.wait4(pid, os.WNOHANG)
     except ChildProcessError:
         return None
-    if result is None:
+    if not reaped:
         return None
-    if result.si_code == os.CLD_EXITED:
-        return Exited(result.si_pid, result.si_status, None, time.time())
-    return Exited(result.si_pid, None, result.si_status, time.time())
+    peak_rss = usage.ru_maxrss << 10  # KiB on Linux
+    if os.WIFEXITED(status):
+        return Exited(pid, os.WEXITSTATUS(status), None, time.time(), peak_rss)
+    return Exited(pid, None, os.WTERMSIG(status), time.time(), peak_rss, cgroup)
 
 
 def children() -> list[int]:

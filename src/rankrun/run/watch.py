@@ -15,6 +15,11 @@ from types import FrameType, TracebackType
 from rankrun.base.values import NamedTuple
 from rankrun.run.job_control import JobControl
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.inspect.cgroup import MemoryCgroup
+    from rankrun.output.outcome import OomVerdict
+
 TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
 JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT)
@@ -26,6 +31,12 @@ class Exited(NamedTuple):
     exit_code: int | None
     signal: int | None
     at: float
+    peak_rss: int | None = None
+    """Its peak resident memory, in bytes, from its rusage."""
+    cgroup: MemoryCgroup | None = None
+    """After a SIGKILL, its memory cgroup, read before the reap (for a zombie, v2 only)."""
+    oom: OomVerdict | None = None
+    """After a SIGKILL that rankrun did not send, whether the kernel's OOM killer sent it."""
 
 
 class Signalled(NamedTuple):
