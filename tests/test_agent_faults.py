@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import Runs
+from conftest import Runs, wait_until
 
 from rankrun.plan.ports import free_port
 
@@ -81,3 +81,26 @@ def test_node_0_stopped_past_the_node_timeout_ends_after_it_continues(runs: Runs
     last0 = "\n".join(line for line in err0.splitlines() if line.startswith("rankrun: "))
     assert "cut off" in last0, last0
     assert "node 1 (" not in last0.split("cut off")[-1], "node 0 stopped, not node 1"
+
+
+def _children(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return f.read().split()
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_node_that_waits_for_the_others_ends_the_job_with_128_plus_n(
+    runs: Runs,
+) -> None:
+    rank = "import os, time\nif os.environ['RANK'] == '0': time.sleep(120)\nopen('done', 'w')\n"
+    runs.script("rank.py", rank, executable=False)
+    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "2",
+             "--shutdown-timeout", "3"]  # fmt: skip
+    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
+    done = runs.workdir / "done"
+    wait_until(lambda: done.exists() and not _children(node1.pid), 90, "node 1's rank to end")
+    node1.send_signal(signal.SIGTERM)
+    code1, err1 = finish(node1)
+    code0, err0 = finish(node0)
+    assert (code1, code0) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), (err1, err0[-2000:])
+    assert "SIGTERM" in err1.splitlines()[-1], err1

@@ -8,6 +8,7 @@ whole job, and leaves node 0 one report for every node.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from rankrun.base.errors import UsageError
 from rankrun.job import control
 from rankrun.job.link import End, Link
-from rankrun.output.outcome import Attempt, Halt, Outcome
+from rankrun.output.outcome import Attempt, Halt, Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.layout import Layout
 from rankrun.plan.plan import Plan
@@ -107,7 +108,9 @@ class Agent:
         if attempt.interrupted_by:
             self._try(lambda: control.publish_interrupt(self.store, number))
         self._try(lambda: control.publish_result(self.store, number, result))
-        end = self._await_job(number, host)
+        end, signum = self._await_job(number, host)
+        if signum is not None and not attempt.interrupted_by:
+            attempt = attempt._replace(interrupted_by=signum)
         if end is not None and end.get("node") != self.plan.node_rank:
             halt = Halt(str(end["reason"]), int(str(end["code"])))
             attempt = attempt._replace(cause=None, halted=halt)
@@ -132,8 +135,9 @@ class Agent:
         name = self.nodes[self.plan.node_rank].hostname
         return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, rows)
 
-    def _await_job(self, number: int, host: Host) -> dict[str, object] | None:
-        """Wait for every node to end the attempt; return how the job's attempt ended.
+    def _await_job(self, number: int, host: Host) -> tuple[dict[str, object] | None, int | None]:
+        """Wait for every node to end the attempt; return how the job's attempt ended, and the
+        terminating signal that ended the wait, if one did.
 
         A node whose ranks all finished waits here for the others, so that a failure on
         another node still decides its exit code, and a restart still includes it.
@@ -146,14 +150,14 @@ class Agent:
             lost = lost or bool(link.heartbeat.lost())
             if link.result_counts.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
                 self._say_seen(number)
-                return end
+                return end, None
             for e in host.wait(_RESULT_WAIT):
                 if not isinstance(e, Signalled):
                     continue
-                if e.signum in TERMINATING:
-                    link.interrupted(e.signum)  # and wait no more: the user asked to stop
+                if e.signum in TERMINATING:  # wait no more: the user asked to stop
+                    self._try(functools.partial(link.publish_interrupt, number, e.signum))
                     self._say_seen(number)
-                    return link.ends.get(number)
+                    return link.ends.get(number), e.signum
                 if e.signum == signal.SIGTSTP:
                     host.pause()  # no rank is left here to pause
 
@@ -180,14 +184,14 @@ class Agent:
         number = len(outcome.attempts) - 1
         end = self.link.ends.get(number) or {}
         if self.link.cut_off:
-            halted = outcome.attempts[-1].halted
-            reason = halted.reason if halted else "cut off from the job"
-            printer.event(f"stopped: {reason}; no report of the other nodes")
-            printer.event(f"exit code {outcome.exit_code}")
+            self._conclude_alone(outcome, printer, summary)
             return
         if self.plan.node_rank != 0:
+            signum = outcome.attempts[-1].interrupted_by
             if end:
                 printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
+            elif signum is not None:
+                printer.event(f"stopped: {signal_name(signum)}; exit code {outcome.exit_code}")
             return
         results = self._gather(number, end)
         root = control.first_failure(self.store, number) if end.get("kind") == End.FAILURE else None
@@ -200,6 +204,21 @@ class Agent:
             from rankrun.job.job_report import write_job_summary
 
             write_job_summary(summary, self.plan.run_id, outcome, root, results)
+
+    def _conclude_alone(self, outcome: Outcome, printer: Printer, summary: str | None) -> None:
+        """A node cut off from the job reports only its own ranks, and says so."""
+        halted = outcome.attempts[-1].halted
+        reason = halted.reason if halted else "cut off from the job"
+        printer.event(f"stopped: {reason}; no report of the other nodes")
+        printer.event(f"exit code {outcome.exit_code}")
+        if summary is not None:
+            from rankrun.output.summary import write_summary
+
+            hostname = self.nodes[self.plan.node_rank].hostname
+            try:
+                write_summary(summary, outcome, hostname, self.plan.run_id)
+            except OSError as e:
+                printer.event(f"could not write --summary-json {summary}: {e.strerror}")
 
     def _gather(self, number: int, end: dict[str, object]) -> dict[int, control.NodeResult]:
         meeting = self.plan.rendezvous

@@ -76,11 +76,15 @@ class Link:
         self._kick.set()
 
     def interrupted(self, signum: int) -> None:
+        attempt = self.attempt_number
+        self._requests.put(lambda: self.publish_interrupt(attempt, signum))
+        self._kick.set()
+
+    def publish_interrupt(self, attempt: int, signum: int) -> None:
+        """End ``attempt`` for every node by this node's signal; from the calling thread."""
         name = signal.Signals(signum).name
         reason = f"interrupted on node {self.node_rank} ({self.hostname}) by {name}"
-        attempt = self.attempt_number
-        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, 128 + signum, signum))
-        self._kick.set()
+        self._end(attempt, End.INTERRUPT, reason, 128 + signum, signum)
 
     def halted(self, halt: Halt) -> None:
         attempt = self.attempt_number
