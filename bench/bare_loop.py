@@ -1,4 +1,4 @@
-"""The floor: the seed launcher's design (Deformable DETR's tools/launch.py), nothing more.
+"""The floor: `torch.distributed.launch`'s design (Deformable DETR's tools/launch.py), nothing more.
 
 Popen each rank with its environment, then wait for each in rank order.
 """

@@ -1,4 +1,5 @@
-"""The environment contract of every rank: the seed's, torchrun's, and nothing else changed."""
+"""The environment contract of every rank: torch.distributed.launch's, torchrun's, and nothing
+else changed."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _envs(runs: Runs, count: int) -> dict[int, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> None:
+def test_second_node_of_two_gets_the_launch_and_torchrun_contract(runs: Runs) -> None:
     runs.script("rank.sh", DUMP_ENV)
     runs.env["SOME_USER_VAR"] = "kept"
     port = str(free_port())
@@ -33,7 +34,7 @@ def test_second_node_of_two_gets_the_seed_and_torchrun_contract(runs: Runs) -> N
     node0.communicate(timeout=60)
     assert (result.returncode, node0.returncode) == (0, 0), result.stderr
     envs = _envs(runs, 6)
-    omp = max(1, len(os.sched_getaffinity(0)) // 3)  # the usable cores shared, at least 1
+    omp = max(1, len(os.sched_getaffinity(0)) // 3)  # the usable CPUs shared, at least 1
     for local_rank in range(3):
         env = envs[3 + local_rank]
         assert {k: env[k] for k in EXPECTED} == {

@@ -149,7 +149,7 @@ def _announce(plan: Plan, options: Options, printer: Printer) -> None:
     if plan.omp_num_threads is not None:
         printer.event(
             f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cpus()} "
-            f"usable cores / {plan.nproc_per_node} local ranks); set it to choose another"
+            f"usable CPUs / {plan.nproc_per_node} local ranks); set it to choose another"
         )
 
 
