@@ -17,8 +17,9 @@ from rankrun.plan.streams import STDERR, STDOUT, Route
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 _PIPE_BYTES = 64 << 10  # Linux's default
 # Past pipe-user-pages-soft (64 MiB by default), an unprivileged user's new pipes get 8 KiB
-# each, the ranks' own included: all the relays' pipes together keep to a quarter of it.
-_ALL_PIPES_BYTES = 16 << 20
+# each, the ranks' own included: all the relays' pipes together keep to a sixteenth of it, so that
+# a user's other jobs and pipes on the node keep theirs.
+_ALL_PIPES_BYTES = 4 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 
 
