@@ -1,5 +1,5 @@
-"""Every read of ``/proc`` that rankrun makes: a process's stat, its name, the processes that
-carry a variable in their environment.
+"""The reads of ``/proc`` that several parts of rankrun share: a process's stat, its name, the
+processes that carry a variable in their environment.
 
 ``/proc/<pid>/stat`` is parsed here and nowhere else.
 """
