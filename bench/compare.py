@@ -235,21 +235,10 @@ class Agents:
 
 
 def tagged(tag: str) -> list[int]:
-    needle = f"{TAG}={tag}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                    continue
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
+    """The live processes that carry the bench's tag: rankrun's own reading of /proc."""
+    from rankrun.inspect.procfs import carrying
+
+    return list(carrying(TAG, tag))
 
 
 def comm(pid: int) -> str:
