@@ -293,7 +293,8 @@ def test_node_0_closes_a_successful_job_with_one_line_and_quiet_with_none(runs: 
     assert "exited 0" not in err1, "node 0 has the report"
     quiet = Job(runs, 2, "--nproc-per-node", "2", "--quiet")
     quiet.start_all()
-    assert quiet.finish() == [(0, ""), (0, "")]
+    # Only rankrun's own lines are counted: a rank may warn (torch without NumPy does).
+    assert [(code, _last(err)) for code, err in quiet.finish()] == [(0, []), (0, [])]
 
 
 def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) -> None:
