@@ -47,6 +47,9 @@ from typing import NamedTuple
 from rankrun.inspect.procfs import carrying
 from rankrun.plan.ports import free_port
 
+# What the installed ``rankrun`` command runs (``python -m rankrun`` imports runpy first, and
+# a SIGINT in that moment is Python's KeyboardInterrupt rather than rankrun's).
+RANKRUN = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "rankrun")]
 TAG_VAR = "RANKRUN_FAULT_TAG"
 GUARDIAN = "rankrun-guard"
 NODE_TIMEOUT, SHUTDOWN = 2.0, 2.0
@@ -179,7 +182,7 @@ class Launcher:
             self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
                                          stderr=err, stdin=subprocess.DEVNULL)  # fmt: skip
         self.started = time.monotonic()
-        self.fatal_sent: list[tuple[int, float]] = []  # signal, seconds after the start
+        self.fatal_sent: list[tuple[int, float, bool]] = []  # signal, when, before any rank
         self.exited_at: float | None = None
 
     def running(self) -> bool:
@@ -189,12 +192,12 @@ class Launcher:
             self.exited_at = time.monotonic()
         return False
 
-    def send(self, signum: int) -> bool:
+    def send(self, signum: int, before_ranks: bool) -> bool:
         if not self.running():
             return False
         os.kill(self.proc.pid, signum)
         if signum in FATAL:
-            self.fatal_sent.append((signum, time.monotonic() - self.started))
+            self.fatal_sent.append((signum, time.monotonic() - self.started, before_ranks))
         return True
 
     def stderr(self) -> str:
@@ -221,7 +224,7 @@ class Run:
 
     def _start(self, env: dict[str, str]) -> list[Launcher]:
         case = self.case
-        common = [sys.executable, "-m", "rankrun", "--nproc-per-node", str(case.per_node),
+        common = [*RANKRUN, "--nproc-per-node", str(case.per_node),
                   "--shutdown-timeout", str(SHUTDOWN)]  # fmt: skip
         if not case.multi:
             return [Launcher(0, [*common, "--master-port", "0", "rank.py"], env, self.workdir)]
@@ -258,6 +261,10 @@ class Run:
             bound = max(bound, start + JOIN_TIMEOUT + BOUND_S)
         return bound
 
+    def all_ended(self) -> bool:
+        """Whether every rank reached its own end (and was not ended by a teardown)."""
+        return _count(self.workdir, "ending.*") == len(self.case.ranks)
+
     def _see_anchors(self, now: float) -> None:
         ranks = self.case.ranks
         if "up" not in self.anchors and _count(self.workdir, "up.*") == len(ranks):
@@ -278,7 +285,7 @@ class Run:
                 continue
             self.pending.remove(fault)
             launcher = self.launchers[fault.node]
-            if not launcher.send(fault.signum):
+            if not launcher.send(fault.signum, before_ranks=_count(self.workdir, "up.*") == 0):
                 continue
             moment = now - launcher.started
             self.delivered.append(f"{signal.Signals(fault.signum).name}>{fault.node}@{moment:.2f}")
@@ -309,14 +316,14 @@ def _signal(pid: int, signum: int) -> None:
 def plausible_codes(case: Case, launcher: Launcher, run: Run) -> set[int]:
     """The exit codes a launcher may end with, given what its case did to it and its job."""
     codes = {r.exit_code() for r in case.ranks if r.fails()}
-    if all(r.end == "exit0" for r in case.ranks):
+    if all(r.end == "exit0" for r in case.ranks) and run.all_ended():
         codes.add(0)
-    for signum, _ in launcher.fatal_sent:
+    for signum, _, _ in launcher.fatal_sent:
         codes |= {128 + signum, -signum}
     if case.multi:
         others = [x for x in run.launchers if x is not launcher]
         for other in others:
-            codes |= {128 + s for s, _ in other.fatal_sent if s != signal.SIGKILL}
+            codes |= {128 + s for s, _, _ in other.fatal_sent if s != signal.SIGKILL}
         if any(f.node != launcher.node for f in case.faults) or any(
             f.signum == signal.SIGSTOP and f.node == launcher.node for f in case.faults
         ):
@@ -350,12 +357,22 @@ def _check_launcher(case: Case, launcher: Launcher, run: Run) -> list[Finding]:
         findings.append(Finding("traceback", node, _tail("\n".join(own_lines), 1500)))
     if code not in plausible_codes(case, launcher, run):
         findings.append(Finding("code", node, f"exit code {code}; stderr: {_tail(err)}"))
-    late = "after the ranks had ended" in err
-    own = [s for s, _ in launcher.fatal_sent]
-    if own and code == 0 and not late:
-        sent = ", ".join(f"{signal.Signals(s).name} at {t:.2f} s" for s, t in launcher.fatal_sent)
-        findings.append(Finding("lost_signal", node, f"exit code 0 after {sent}"))
+    if _lost_signal(launcher, code, err):
+        sent_to = launcher.fatal_sent
+        sent = ", ".join(f"{signal.Signals(s).name} at {t:.2f} s" for s, t, _ in sent_to)
+        findings.append(Finding("lost_signal", node, f"exit code {code} after {sent}"))
     return findings
+
+
+def _lost_signal(launcher: Launcher, code: int, err: str) -> bool:
+    """A signal sent to it left no mark: before any rank ran it must end the launcher with
+    128+N (or -N, before Python's start-up), and later it may leave an exit code 0 only
+    where the launcher says the ranks had ended by then."""
+    sent = launcher.fatal_sent
+    own = {128 + s for s, _, _ in sent} | {-s for s, _, _ in sent}
+    if any(early for _, _, early in sent) and code not in own:
+        return True
+    return bool(sent) and code == 0 and "after the ranks had ended" not in err
 
 
 def _check_leftovers(run: Run) -> list[Finding]:
@@ -424,7 +441,17 @@ class Result(NamedTuple):
     known: str | None
 
 
+def _heed_signals() -> None:
+    """A shell starts a background job with SIGINT and SIGQUIT ignored, and nohup ignores
+    SIGHUP: the launchers would inherit that, and lose the signals the case sends them."""
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, handler)
+
+
 def run_case(case: Case) -> Result:
+    _heed_signals()
     tag = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="rankrun-fault-") as tmp:
         run = Run(case, Path(tmp), tag)
