@@ -1,0 +1,563 @@
+"""A randomized fault loop against real rankrun launchers and node agents.
+
+    python bench/fault_loop.py [--cases 80] [--seed S] [--single-only | --multi-only]
+                               [--time-limit 900] [--out FILE] [--avoid-known]
+
+Each case is drawn from its own seed, printed on its line, and replays alone with
+``--seed S --cases 1``: an even seed is one launcher of 2 to 4 ranks, an odd one two node
+agents on loopback (``--nnodes 2``, 1 or 2 ranks each, ``--node-timeout 2``,
+``--shutdown-timeout 2``). Each rank exits 0, fails with its own code, dies of a signal or
+hangs, after a while; some ignore SIGTERM, some start a child that starts a ``setsid``
+daemon. Zero to two faults land on a launcher or an agent at a random moment after the start
+(start-up, an agent's torch import, the join), after every rank is up, or after the first
+rank ended (the teardown): SIGKILL, SIGTERM, SIGINT, SIGHUP, or SIGSTOP and SIGCONT after a
+pause that is sometimes longer than --node-timeout.
+
+Every process a case starts carries a tag in its environment. A case passes when, within
+shutdown + node timeout + 10 s of its last event (a fatal fault, a SIGCONT, the failure or
+the end of every rank), every launcher has exited with a plausible code (a failing rank's
+own, 128+N for a signal N sent to it or, across nodes, to the job, 1 for a lost node, 0 only
+when every rank exited 0), without a traceback, and nothing tagged is left alive shortly
+after. The guardian (comm ``rankrun-guard``) outlives a SIGKILLed launcher by design for
+about a second, up to the grace period: one still there later is counted apart. What is
+left is ended by pid, and recorded as a finding with the case's seed.
+
+``--avoid-known`` leaves out the patterns of two defects of 0.2's agents (issue 18): a SIGKILL
+of node 1, and a SIGSTOP of node 0 longer than --node-timeout. tests/test_fault_loop.py runs a
+few cases with it; the long run here includes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+from rankrun.inspect.procfs import carrying
+from rankrun.plan.ports import free_port
+
+# What the installed ``rankrun`` command runs (``python -m rankrun`` imports runpy first, and
+# a SIGINT in that moment is Python's KeyboardInterrupt rather than rankrun's).
+RANKRUN = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "rankrun")]
+TAG_VAR = "RANKRUN_FAULT_TAG"
+GUARDIAN = "rankrun-guard"
+NODE_TIMEOUT, SHUTDOWN = 2.0, 2.0
+BOUND_S = SHUTDOWN + NODE_TIMEOUT + 10  # from a case's last event to every launcher's exit
+JOIN_TIMEOUT = 12.0  # an agent whose peer died before the join waits this long, as told
+CAP_S = 120.0  # a case that never reached its end: every case is drawn to have one
+FATAL = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+RANK_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGUSR1)
+
+RANK_PY = """
+import json, os, resource, signal, subprocess, sys, time
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+rank = int(os.environ["RANK"])
+me = json.load(open("ranks.json"))[rank]
+if me["children"]:  # a helper (as a DataLoader's), and a daemon that leaves the groups
+    subprocess.Popen(["bash", "-c", "setsid sleep 300 & exec sleep 300"])
+if me["ignore_term"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(f"up.{rank}", "w").close()
+if me["end"] == "hang":
+    time.sleep(600)
+time.sleep(me["after"])
+open(f"ending.{rank}", "w").close()
+if me["end"] == "signal":
+    os.kill(os.getpid(), me["signum"])
+    time.sleep(5)
+sys.exit(me["code"] if me["end"] == "fail" else 0)
+"""
+
+
+class Rank(NamedTuple):
+    end: str  # exit0, fail, signal or hang
+    after: float
+    code: int
+    signum: int
+    ignore_term: bool
+    children: bool
+
+    def fails(self) -> bool:
+        return self.end in ("fail", "signal")
+
+    def exit_code(self) -> int:
+        return self.code if self.end == "fail" else 128 + self.signum
+
+
+class Fault(NamedTuple):
+    node: int
+    signum: int
+    anchor: str  # start, up (every rank up) or ending (the first rank ended)
+    offset: float
+    pause: float  # SIGSTOP only: how long until SIGCONT
+
+
+class Case(NamedTuple):
+    seed: int
+    nodes: int
+    per_node: int
+    ranks: tuple[Rank, ...]
+    faults: tuple[Fault, ...]
+    avoid_known: bool
+
+    @property
+    def multi(self) -> bool:
+        return self.nodes > 1
+
+
+class Finding(NamedTuple):
+    kind: str
+    node: int | None
+    detail: str
+
+
+def draw_case(seed: int, avoid_known: bool = False) -> Case:
+    rng = random.Random(seed)
+    nodes = 2 if seed % 2 else 1
+    per_node = rng.randint(1, 2) if nodes > 1 else rng.randint(2, 4)
+    ranks = tuple(_draw_rank(rng) for _ in range(nodes * per_node))
+    count = rng.choices((0, 1, 2), weights=(1, 6, 3))[0]
+    faults = [_draw_fault(rng, nodes, avoid_known) for _ in range(count)]
+    ends = any(r.fails() for r in ranks) or all(r.end != "hang" for r in ranks)
+    if not ends and not any(f.signum in FATAL for f in faults):
+        faults.append(_draw_fault(rng, nodes, avoid_known, fatal_after_up=True))
+    return Case(seed, nodes, per_node, ranks, tuple(faults), avoid_known)
+
+
+def _draw_rank(rng: random.Random) -> Rank:
+    end = rng.choices(("exit0", "fail", "signal", "hang"), weights=(4, 2, 1, 2))[0]
+    return Rank(end, round(rng.uniform(0.2, 4.0), 2), rng.randint(3, 99),
+                int(rng.choice(RANK_SIGNALS)), rng.random() < 0.3, rng.random() < 0.3)  # fmt: skip
+
+
+def _draw_fault(rng: random.Random, nodes: int, avoid_known: bool,
+                fatal_after_up: bool = False) -> Fault:  # fmt: skip
+    node = rng.randrange(nodes)
+    choices: tuple[int, ...] = FATAL if fatal_after_up else (*FATAL, signal.SIGSTOP, signal.SIGSTOP)
+    if avoid_known and nodes > 1 and node == 1:
+        choices = tuple(s for s in choices if s != signal.SIGKILL)
+    signum = int(rng.choice(choices))
+    anchor = "up" if fatal_after_up else rng.choice(("start", "start", "up", "ending"))
+    start_span = 3.0 if nodes > 1 else 0.8  # an agent imports torch, then joins
+    offset = rng.uniform(0.02, start_span) if anchor == "start" else rng.uniform(0.0, 3.0)
+    pause = rng.uniform(0.1, 5.0) if signum == signal.SIGSTOP else 0.0
+    if avoid_known and nodes > 1 and node == 0:
+        pause = min(pause, NODE_TIMEOUT / 2)
+    return Fault(node, signum, anchor, round(offset, 3), round(pause, 3))
+
+
+def describe(case: Case) -> str:
+    def rank(r: Rank) -> str:
+        end = {"exit0": "0", "fail": f"x{r.code}", "hang": "hang"}.get(
+            r.end, signal.Signals(r.signum).name
+        )
+        end += "" if r.end == "hang" else f"@{r.after:g}"
+        return end + ("+noterm" * r.ignore_term) + ("+kids" * r.children)
+
+    def fault(f: Fault) -> str:
+        text = f"{signal.Signals(f.signum).name}>{f.node}@{f.anchor}+{f.offset:g}"
+        return text + (f"/{f.pause:g}s" if f.pause else "")
+
+    shape = f"2x{case.per_node}" if case.multi else f"1x{case.per_node}"
+    return f"{shape} ranks[{' '.join(map(rank, case.ranks))}] " \
+           f"faults[{' '.join(map(fault, case.faults)) or '-'}]"  # fmt: skip
+
+
+class Launcher:
+    def __init__(self, node: int, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.node = node
+        self.err_path = workdir / f"stderr.{node}"
+        with open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL,
+                                         stderr=err, stdin=subprocess.DEVNULL)  # fmt: skip
+        self.started = time.monotonic()
+        self.fatal_sent: list[tuple[int, float, bool]] = []  # signal, when, before any rank
+        self.exited_at: float | None = None
+
+    def running(self) -> bool:
+        if self.proc.poll() is None:
+            return True
+        if self.exited_at is None:
+            self.exited_at = time.monotonic()
+        return False
+
+    def send(self, signum: int, before_ranks: bool) -> bool:
+        if not self.running():
+            return False
+        os.kill(self.proc.pid, signum)
+        if signum in FATAL:
+            self.fatal_sent.append((signum, time.monotonic() - self.started, before_ranks))
+        return True
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+
+class Run:
+    """One case's processes and the moments of its events."""
+
+    def __init__(self, case: Case, workdir: Path, tag: str) -> None:
+        self.case, self.workdir, self.tag = case, workdir, tag
+        self.anchors: dict[str, float] = {}
+        self.pending = list(case.faults)
+        self.conts: list[tuple[float, Launcher]] = []
+        self.events: list[float] = []  # fatal faults, SIGCONTs, the failure, every rank's end
+        self.delivered: list[str] = []
+        self.hit_before_up = False
+        ranks = [r._asdict() for r in case.ranks]
+        (workdir / "ranks.json").write_text(json.dumps(ranks))
+        (workdir / "rank.py").write_text(RANK_PY)
+        env = {**os.environ, TAG_VAR: tag}
+        env.pop("OMP_NUM_THREADS", None)
+        self.launchers = self._start(env)
+
+    def _start(self, env: dict[str, str]) -> list[Launcher]:
+        case = self.case
+        common = [*RANKRUN, "--nproc-per-node", str(case.per_node),
+                  "--shutdown-timeout", str(SHUTDOWN)]  # fmt: skip
+        if not case.multi:
+            return [Launcher(0, [*common, "--master-port", "0", "rank.py"], env, self.workdir)]
+        common += ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port",
+                   str(free_port()), "--node-timeout", str(NODE_TIMEOUT),
+                   "--rdzv-conf", f"join_timeout={JOIN_TIMEOUT:g}"]  # fmt: skip
+        stagger = random.Random(case.seed + 1).uniform(0.0, 0.5)
+        node0 = Launcher(0, [*common, "--node-rank", "0", "rank.py"], env, self.workdir)
+        time.sleep(stagger)
+        return [node0, Launcher(1, [*common, "--node-rank", "1", "rank.py"], env, self.workdir)]
+
+    def drive(self) -> None:
+        """Deliver the faults as their moments come, until every launcher exited or the bound."""
+        start = self.launchers[0].started
+        self.anchors["start"] = start
+        while True:
+            now = time.monotonic()
+            self._see_anchors(now)
+            self._deliver(now)
+            running = [x for x in self.launchers if x.running()]
+            if not running:
+                break
+            if now >= self.deadline(start):
+                break
+            time.sleep(0.01)
+        for _, launcher in self.conts:  # nothing is left stopped
+            _signal(launcher.proc.pid, signal.SIGCONT)
+
+    def deadline(self, start: float) -> float:
+        if not self.events:
+            return start + CAP_S
+        bound = max(self.events) + BOUND_S
+        if self.case.multi and self.hit_before_up:
+            bound = max(bound, start + JOIN_TIMEOUT + BOUND_S)
+        return bound
+
+    def all_ended(self) -> bool:
+        """Whether every rank reached its own end (and was not ended by a teardown)."""
+        return _count(self.workdir, "ending.*") == len(self.case.ranks)
+
+    def _see_anchors(self, now: float) -> None:
+        ranks = self.case.ranks
+        if "up" not in self.anchors and _count(self.workdir, "up.*") == len(ranks):
+            self.anchors["up"] = now
+        ended = {int(p.name.split(".")[1]) for p in self.workdir.glob("ending.*")}
+        if ended and "ending" not in self.anchors:
+            self.anchors["ending"] = now
+        if "over" not in self.anchors and (
+            any(ranks[r].fails() for r in ended) or len(ended) == len(ranks)
+        ):
+            self.anchors["over"] = now
+            self.events.append(now)
+
+    def _deliver(self, now: float) -> None:
+        for fault in list(self.pending):
+            at = self.anchors.get(fault.anchor)
+            if at is None or now < at + fault.offset:
+                continue
+            self.pending.remove(fault)
+            launcher = self.launchers[fault.node]
+            if not launcher.send(fault.signum, before_ranks=_count(self.workdir, "up.*") == 0):
+                continue
+            moment = now - launcher.started
+            self.delivered.append(f"{signal.Signals(fault.signum).name}>{fault.node}@{moment:.2f}")
+            if "up" not in self.anchors:
+                self.hit_before_up = True
+            if fault.signum == signal.SIGSTOP:
+                self.conts.append((now + fault.pause, launcher))
+            else:
+                self.events.append(now)
+        for moment, launcher in list(self.conts):
+            if now >= moment:
+                self.conts.remove((moment, launcher))
+                _signal(launcher.proc.pid, signal.SIGCONT)
+                self.events.append(now)
+
+
+def _count(workdir: Path, pattern: str) -> int:
+    return sum(1 for _ in workdir.glob(pattern))
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def plausible_codes(case: Case, launcher: Launcher, run: Run) -> set[int]:
+    """The exit codes a launcher may end with, given what its case did to it and its job."""
+    codes = {r.exit_code() for r in case.ranks if r.fails()}
+    if all(r.end == "exit0" for r in case.ranks) and run.all_ended():
+        codes.add(0)
+    for signum, _, _ in launcher.fatal_sent:
+        codes |= {128 + signum, -signum}
+    if case.multi:
+        others = [x for x in run.launchers if x is not launcher]
+        for other in others:
+            codes |= {128 + s for s, _, _ in other.fatal_sent if s != signal.SIGKILL}
+        if any(f.node != launcher.node for f in case.faults) or any(
+            f.signum == signal.SIGSTOP and f.node == launcher.node for f in case.faults
+        ):
+            codes.add(1)  # a node lost, or this one cut off
+        if run.hit_before_up:
+            codes.add(2)  # the join could not complete
+    return codes
+
+
+def check(case: Case, run: Run) -> list[Finding]:
+    findings: list[Finding] = []
+    for launcher in run.launchers:
+        findings += _check_launcher(case, launcher, run)
+    findings += _check_leftovers(run)
+    return findings
+
+
+def _check_launcher(case: Case, launcher: Launcher, run: Run) -> list[Finding]:
+    node = launcher.node
+    if launcher.running():
+        stack = _stack(launcher.proc.pid)
+        _signal(launcher.proc.pid, signal.SIGCONT)
+        launcher.proc.kill()
+        launcher.proc.wait()
+        tail = _tail(launcher.stderr())
+        return [Finding("outlived", node, f"still running at the bound; stderr: {tail}{stack}")]
+    findings = []
+    code, err = launcher.proc.returncode, launcher.stderr()
+    own_lines = [ln for ln in err.splitlines() if not ln.startswith("[rank")]
+    if any(ln.startswith("Traceback") for ln in own_lines):  # a rank's own is relayed, prefixed
+        findings.append(Finding("traceback", node, _tail("\n".join(own_lines), 1500)))
+    if code not in plausible_codes(case, launcher, run):
+        findings.append(Finding("code", node, f"exit code {code}; stderr: {_tail(err)}"))
+    if _lost_signal(launcher, code, err):
+        sent_to = launcher.fatal_sent
+        sent = ", ".join(f"{signal.Signals(s).name} at {t:.2f} s" for s, t, _ in sent_to)
+        findings.append(Finding("lost_signal", node, f"exit code {code} after {sent}"))
+    return findings
+
+
+def _lost_signal(launcher: Launcher, code: int, err: str) -> bool:
+    """A signal sent to it left no mark: before any rank ran it must end the launcher with
+    128+N (or -N, before Python's start-up), and later it may leave an exit code 0 only
+    where the launcher says the ranks had ended by then."""
+    sent = launcher.fatal_sent
+    own = {128 + s for s, _, _ in sent} | {-s for s, _, _ in sent}
+    if any(early for _, _, early in sent) and code not in own:
+        return True
+    return bool(sent) and code == 0 and "after the ranks had ended" not in err
+
+
+def _check_leftovers(run: Run) -> list[Finding]:
+    wait_s = SHUTDOWN + 3.0  # the guardian's grace, after the last launcher's exit
+    deadline = time.monotonic() + wait_s
+    while (left := carrying(TAG_VAR, run.tag)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    findings = []
+    for pid in left:
+        comm = _comm(pid)
+        kind = "guardian_lingers" if comm == GUARDIAN else "leftover"
+        findings.append(Finding(kind, None, f"pid {pid} ({comm}) {wait_s:g} s after the end"))
+    for pid in left:  # by pid, never by name
+        _signal(pid, signal.SIGCONT)
+        _signal(pid, signal.SIGKILL)
+    return findings
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _stack(pid: int) -> str:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(spy):
+        return ""
+    try:
+        done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=20)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "\npy-spy: timed out"
+    return "\npy-spy:\n" + (done.stdout or done.stderr)[-3000:]
+
+
+def _tail(text: str, chars: int = 600) -> str:
+    return text[-chars:].replace("\n", " | ")
+
+
+KNOWN = {
+    "known-1": "a node lost during a failure's teardown hangs node 0",
+    "known-2": "node 0 stopped past --node-timeout hangs after it continues",
+}
+
+
+def known_pattern(case: Case, findings: list[Finding]) -> str | None:
+    """Which of issue 18's open defects a multi-node case's hang matches, if any."""
+    if not case.multi or not any(f.kind == "outlived" and f.node == 0 for f in findings):
+        return None
+    if any(f.node == 0 and f.signum == signal.SIGSTOP and f.pause > NODE_TIMEOUT
+           for f in case.faults):  # fmt: skip
+        return "known-2"
+    if any(f.node == 1 and f.signum == signal.SIGKILL for f in case.faults):
+        return "known-1"
+    return None
+
+
+class Result(NamedTuple):
+    case: Case
+    codes: list[int | None]
+    took: float
+    delivered: list[str]
+    findings: list[Finding]
+    known: str | None
+
+
+def _heed_signals() -> None:
+    """A shell starts a background job with SIGINT and SIGQUIT ignored, and nohup ignores
+    SIGHUP: the launchers would inherit that, and lose the signals the case sends them."""
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, handler)
+
+
+def run_case(case: Case) -> Result:
+    _heed_signals()
+    tag = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="rankrun-fault-") as tmp:
+        run = Run(case, Path(tmp), tag)
+        try:
+            run.drive()
+            findings = check(case, run)
+        finally:
+            for launcher in run.launchers:
+                if launcher.proc.poll() is None:
+                    _signal(launcher.proc.pid, signal.SIGCONT)
+                    launcher.proc.kill()
+                    launcher.proc.wait()
+        took = max(x.exited_at or time.monotonic() for x in run.launchers) - run.anchors["start"]
+        codes = [x.proc.returncode for x in run.launchers]
+    return Result(case, codes, took, run.delivered, findings, known_pattern(case, findings))
+
+
+def line(result: Result) -> str:
+    case = result.case
+    codes = ",".join("-" if c is None else str(c) for c in result.codes)
+    head = f"seed {case.seed:<6} {describe(case)} sent[{' '.join(result.delivered) or '-'}] " \
+           f"-> {codes} in {result.took:.1f} s"  # fmt: skip
+    if not result.findings:
+        return head + "  ok"
+    kinds = ",".join(sorted({f.kind for f in result.findings}))
+    known = f" ({result.known})" if result.known else ""
+    replay = f"python bench/fault_loop.py --seed {case.seed} --cases 1" + (
+        " --avoid-known" * case.avoid_known
+    )
+    details = "".join(f"\n    {f.kind} node {f.node}: {f.detail}" for f in result.findings)
+    return f"{head}  FINDING {kinds}{known}; replay: {replay}{details}"
+
+
+def summary(results: list[Result]) -> tuple[str, dict[str, object]]:
+    kinds: Counter[str] = Counter()
+    for r in results:
+        for kind in {f.kind for f in r.findings}:
+            kinds[f"{kind} ({r.known})" if r.known else kind] += 1
+    single = sum(1 for r in results if not r.case.multi)
+    failed = [r.case.seed for r in results if r.findings]
+    rows = [
+        f"cases: {len(results)} ({single} single-node, {len(results) - single} multi-node)",
+        f"cases with findings: {len(failed)}" + (f" (seeds {failed})" if failed else ""),
+    ]
+    rows += [f"  {kind:<36} {n} case(s)" for kind, n in sorted(kinds.items())]
+    rows += [f"  {name}: {text}" for name, text in KNOWN.items() if any(
+        r.known == name for r in results)]  # fmt: skip
+    data = {"cases": len(results), "single": single, "multi": len(results) - single,
+            "findings_by_kind": dict(kinds), "seeds_with_findings": failed}  # fmt: skip
+    return "\n".join(rows), data
+
+
+def as_json(result: Result) -> dict[str, object]:
+    case = result.case
+    return {
+        "seed": case.seed, "case": describe(case), "codes": result.codes,
+        "took_s": round(result.took, 2), "sent": result.delivered, "known": result.known,
+        "findings": [f._asdict() for f in result.findings],
+        "replay": f"python bench/fault_loop.py --seed {case.seed} --cases 1"
+        + (" --avoid-known" * case.avoid_known),
+    }  # fmt: skip
+
+
+def seeds(first: int, count: int, single_only: bool, multi_only: bool) -> list[int]:
+    if not (single_only or multi_only):
+        return list(range(first, first + count))
+    parity = 1 if multi_only else 0
+    start = first if first % 2 == parity else first + 1
+    return list(range(start, start + 2 * count, 2))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=None, help="the first case's seed")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--single-only", action="store_true", help="even seeds only")
+    kind.add_argument("--multi-only", action="store_true", help="odd seeds only")
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds; no new case after")
+    parser.add_argument("--out", default=None, help="write the cases and the summary as JSON")
+    parser.add_argument("--avoid-known", action="store_true",
+                        help="leave out the patterns of issue 18's two agent defects")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    first = a.seed if a.seed is not None else random.SystemRandom().randrange(100_000)
+    began = time.monotonic()
+    print(f"fault loop from seed {first}, {a.cases} cases, {len(os.sched_getaffinity(0))} cores",
+          flush=True)  # fmt: skip
+    results = []
+    for seed in seeds(first, a.cases, a.single_only, a.multi_only):
+        if a.time_limit is not None and time.monotonic() - began >= a.time_limit:
+            print(f"time limit of {a.time_limit:g} s reached", flush=True)
+            break
+        results.append(run_case(draw_case(seed, a.avoid_known)))
+        print(line(results[-1]), flush=True)
+    table, data = summary(results)
+    print(table)
+    if a.out:
+        data["first_seed"] = first
+        data["cases_run"] = [as_json(r) for r in results]
+        Path(a.out).write_text(json.dumps(data, indent=1) + "\n")
+    return 1 if any(r.findings for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
