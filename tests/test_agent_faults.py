@@ -104,3 +104,19 @@ def test_a_signal_to_a_node_that_waits_for_the_others_ends_the_job_with_128_plus
     code0, err0 = finish(node0)
     assert (code1, code0) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), (err1, err0[-2000:])
     assert "SIGTERM" in err1.splitlines()[-1], err1
+
+
+@pytest.mark.slow
+def test_a_node_whose_ranks_finished_does_not_end_0_when_the_job_is_lost(runs: Runs) -> None:
+    rank = "import os, time\nif os.environ['RANK'] == '1': time.sleep(120)\nopen('done', 'w')\n"
+    runs.script("rank.py", rank, executable=False)
+    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "2",
+             "--shutdown-timeout", "3"]  # fmt: skip
+    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
+    done = runs.workdir / "done"
+    wait_until(lambda: done.exists() and not _children(node0.pid), 90, "node 0's rank to end")
+    node1.kill()
+    node1.communicate()
+    code0, err0 = finish(node0)
+    assert code0 == 1, err0[-2000:]
+    assert "node 1" in err0 and "lost" in err0, err0[-2000:]

@@ -111,9 +111,13 @@ class Agent:
         end, signum = self._await_job(number, host)
         if signum is not None and not attempt.interrupted_by:
             attempt = attempt._replace(interrupted_by=signum)
-        if end is not None and end.get("node") != self.plan.node_rank:
+        lost = end is not None and end.get("kind") == End.LOST
+        if end is not None and (end.get("node") != self.plan.node_rank or lost):
             halt = Halt(str(end["reason"]), int(str(end["code"])))
             attempt = attempt._replace(cause=None, halted=halt)
+        elif self.link.cut_off and attempt.exit_code == 0:
+            # This node's ranks finished, but the job did not: it may not end 0.
+            attempt = attempt._replace(halted=Halt(self.link.cut_off_reason(), 1))
         return attempt
 
     def _plan_for(self, number: int) -> Plan:

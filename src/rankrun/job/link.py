@@ -164,10 +164,10 @@ class Link:
         while not self._closing.wait(POLL * 2):
             self.heartbeat.awake()
             if self.heartbeat.cut_off():
-                self._tell(self.attempt_number, Halted(self._cut_off_reason(), 1))
+                self._tell(self.attempt_number, Halted(self.cut_off_reason(), 1))
                 return
 
-    def _cut_off_reason(self) -> str:
+    def cut_off_reason(self) -> str:
         frozen = self.heartbeat.frozen_for
         if frozen is not None:
             return (f"cut off from the job: this node did not run for {frozen:.1f} s (stopped?), "
