@@ -40,10 +40,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "rankrun") -> int:
     except Interrupted as e:
         forget_interrupt()
         print(f"rankrun: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
-        return 128 + e.signum
+        code = 128 + e.signum
     if argv is None:
         # The command's work is done. Finalizing the interpreter would cost 5 ms of every
-        # launch, and 0.35 s of a node agent's exit, once torch is loaded.
+        # launch, and 0.35 s of a node agent's exit, once torch is loaded; and a store call
+        # still in torch's C++ on a daemon thread would abort the process as it finalizes.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
