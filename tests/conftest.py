@@ -7,6 +7,7 @@ live process may carry the tag. Leftovers are ended by the pids found, then the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import IO, TypeVar
 
 import pytest
@@ -177,3 +179,14 @@ BLOCKING_RANK = """
     echo "$$ $!" > "tmp.$RANK" && mv "tmp.$RANK" "pids.$RANK"  # whole when seen
     wait
 """
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/<name>.py``, imported as a module for its tests."""
+    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module

@@ -88,17 +88,25 @@ def _children(pid: int) -> list[str]:
         return f.read().split()
 
 
+def start_with_one_node_done(runs: Runs, done_node: int) -> list[subprocess.Popen[str]]:
+    """Two agents of one rank each; the rank of ``done_node`` exits 0, the other's holds."""
+    held = 1 - done_node
+    rank = f"import os, time\nif os.environ['RANK'] == '{held}': time.sleep(120)\n"
+    runs.script("rank.py", rank + "open('done', 'w')\n", executable=False)
+    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "2",
+             "--shutdown-timeout", "3"]  # fmt: skip
+    agents = [runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1)]
+    done = runs.workdir / "done"
+    ended = f"node {done_node}'s rank to end"
+    wait_until(lambda: done.exists() and not _children(agents[done_node].pid), 90, ended)
+    return agents
+
+
 @pytest.mark.slow
 def test_a_signal_to_a_node_that_waits_for_the_others_ends_the_job_with_128_plus_n(
     runs: Runs,
 ) -> None:
-    rank = "import os, time\nif os.environ['RANK'] == '0': time.sleep(120)\nopen('done', 'w')\n"
-    runs.script("rank.py", rank, executable=False)
-    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "2",
-             "--shutdown-timeout", "3"]  # fmt: skip
-    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
-    done = runs.workdir / "done"
-    wait_until(lambda: done.exists() and not _children(node1.pid), 90, "node 1's rank to end")
+    node0, node1 = start_with_one_node_done(runs, done_node=1)
     node1.send_signal(signal.SIGTERM)
     code1, err1 = finish(node1)
     code0, err0 = finish(node0)
@@ -108,13 +116,7 @@ def test_a_signal_to_a_node_that_waits_for_the_others_ends_the_job_with_128_plus
 
 @pytest.mark.slow
 def test_a_node_whose_ranks_finished_does_not_end_0_when_the_job_is_lost(runs: Runs) -> None:
-    rank = "import os, time\nif os.environ['RANK'] == '1': time.sleep(120)\nopen('done', 'w')\n"
-    runs.script("rank.py", rank, executable=False)
-    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "2",
-             "--shutdown-timeout", "3"]  # fmt: skip
-    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
-    done = runs.workdir / "done"
-    wait_until(lambda: done.exists() and not _children(node0.pid), 90, "node 0's rank to end")
+    node0, node1 = start_with_one_node_done(runs, done_node=0)
     node1.kill()
     node1.communicate()
     code0, err0 = finish(node0)

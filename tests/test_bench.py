@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    path = Path(__file__).parents[1] / "bench" / "compare.py"
-    spec = importlib.util.spec_from_file_location("bench_compare", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compare")
 
 
 def plan(compare: ModuleType, monkeypatch: pytest.MonkeyPatch, *flags: str) -> Any:

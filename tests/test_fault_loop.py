@@ -8,13 +8,11 @@ patterns out (``avoid_known``): a SIGKILL of node 1, a SIGSTOP of node 0 past --
 
 from __future__ import annotations
 
-import importlib.util
 import signal
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_bench
 
 # Chosen for what they cover, each named by what its draw holds (see describe()).
 SINGLE = {
@@ -35,13 +33,7 @@ MULTI = {
 
 @pytest.fixture(scope="module")
 def fault_loop() -> ModuleType:
-    path = Path(__file__).parents[1] / "bench" / "fault_loop.py"
-    spec = importlib.util.spec_from_file_location("bench_fault_loop", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fault_loop")
 
 
 def _passes(fault_loop: ModuleType, seed: int) -> None:
