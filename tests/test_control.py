@@ -285,6 +285,7 @@ def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
     }, out
 
 
+@pytest.mark.slow
 def test_garbage_on_the_port_does_not_break_the_store() -> None:
     job = Job(1)
     client = job.client()
@@ -397,6 +398,7 @@ def test_connect_waits_for_node_0_and_says_so() -> None:
     assert later[0].get("k") == b"v"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b""])
 def test_connect_says_that_something_else_answers_at_node_0s_address(reply: bytes) -> None:
     # Another program holds the port: it answers with what it speaks, or closes at once.

@@ -107,6 +107,7 @@ def _survivors(runs: Runs, launcher: str, pid_files: list[str]) -> list[int]:
     return wait_dead(pids, timeout=10)
 
 
+@pytest.mark.slow
 def test_the_guardian_is_named_apart_and_leaves_a_second_after_the_launchers_sigkill(
     runs: Runs,
 ) -> None:

@@ -283,6 +283,7 @@ def test_restarts_are_job_wide(runs: Runs) -> None:
     assert all("restart 1 of 1" in err for _, err in results)
 
 
+@pytest.mark.slow
 def test_node_0_closes_a_successful_job_with_one_line_and_quiet_with_none(runs: Runs) -> None:
     job = Job(runs, 2, "--nproc-per-node", "2")
     job.start_all()
@@ -365,6 +366,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_ranks_on_every_node_get_an_error_file_and_the_env_dry_run_shows(runs: Runs) -> None:
     runs.script("recorded.py", RECORDED_RANK, executable=False)
     job = Job(runs, 2, "--run-id", "rec")

@@ -26,11 +26,14 @@ from rankrun.cli.slurm import master_port
 
 pytest.importorskip("torch")
 
-pytestmark = pytest.mark.skipif(
-    not cluster_up(),
-    reason="no Slurm cluster: needs a controller with two idle nodes, as "
-    "`bash tests/slurm/cluster.sh start` (root) makes",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not cluster_up(),
+        reason="no Slurm cluster: needs a controller with two idle nodes, as "
+        "`bash tests/slurm/cluster.sh start` (root) makes",
+    ),
+    pytest.mark.slow,  # a real cluster: every test here takes seconds
+]
 
 # A gloo rank: all_reduce across the nodes, say where it ran, then fail, hold, or finish.
 RANK = """
