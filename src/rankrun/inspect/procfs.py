@@ -94,6 +94,21 @@ def carrying(variable: str, value: str) -> dict[int, ProcStat]:
     return found
 
 
+def kernel_wait(pid: int) -> str | None:
+    """Where a live process waits in the kernel: ``state D, in nfs_wait_on_request``; None
+    once it is gone or a zombie."""
+    stat = read_stat(pid)
+    if stat is None or not stat.live:
+        return None
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        wchan = ""
+    where = f", in {wchan}" if wchan not in ("", "0") else ""
+    return f"state {stat.state}{where}"
+
+
 def process_name(pid: int) -> str:
     """The executable's base name (``/proc/<pid>/exe``), else the kernel's ``comm``; "" if
     the process is gone."""

@@ -202,19 +202,12 @@ class Host:
 
     def stuck(self, pid: int) -> str | None:
         """Where a rank that outlived SIGKILL is: ``state D, in nfs_wait_on_request``."""
-        from rankrun.inspect.procfs import read_stat
+        from rankrun.inspect.procfs import kernel_wait
 
-        stat = read_stat(pid)
-        if stat is None or not stat.live:
-            return None
-        self._stuck.add(pid)
-        try:
-            with open(f"/proc/{pid}/wchan") as f:
-                wchan = f.read().strip()
-        except OSError:
-            wchan = ""
-        where = f", in {wchan}" if wchan not in ("", "0") else ""
-        return f"state {stat.state}{where}"
+        where = kernel_wait(pid)
+        if where is not None:
+            self._stuck.add(pid)
+        return where
 
     def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
         """The Python stacks of ranks given as (rank, pid), labelled; raises NoStacks."""
