@@ -1,27 +1,31 @@
-"""One agent's use of rankrun.job.control, as a process of its own, for tests/test_control.py.
+"""One agent of rankrun.job.control, as a process of its own, for tests/test_control.py.
 
     python control_agent.py '<json settings>'
 
-Prints one JSON object a line: {"port": P} once it hosts (node 0), then {"joined": [...]}
-or {"error": "<class>", "message": "..."}; with "heartbeat" set, then {"beating": n} once it
-has beaten and looked at the others twice, {"lost": [nodes]} and {"cut_off": true} when it
-first sees each, and keeps beating until killed. Node 0 always serves until killed.
+It runs the real code: ``control.join``, then with "heartbeat" set a real ``Link``, whose
+threads beat, read the others (node 0), and hear the job's news pushed by the store.
 
-As the launcher should: one thread owns the heartbeat (its store calls may block forever
-when the store can't be reached), and the main thread judges being cut off by the clock.
+Prints one JSON object a line: {"port": P} once it hosts (node 0), then {"joined": [...]}
+(the nodes it knows) or {"error": "<class>", "message": "..."}; with "heartbeat" set, then
+{"beating": n} once it has beaten twice, and for each event the link hands the gang:
+{"halted": reason, "lost": [nodes]} when the attempt ended (as its end says), or
+{"halted": reason, "cut_off": true, "quiet_for": s, "error": e} when cut off. Node 0 always
+serves until killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
 from rankrun.job import control
+from rankrun.job.link import Link
+from rankrun.run.watch import Halted
 
 
 def say(**fields: Any) -> None:
@@ -44,14 +48,14 @@ def main() -> None:
         me = info(s, run_id)
     store = control.JobStore(client, me.run_id)
     try:
-        nodes = control.join(store, me, timeout=s.get("join_timeout", 60))
+        joined = control.join(store, me, timeout=s.get("join_timeout", 60))
     except control.ControlError as e:
         say(error=type(e).__name__, message=str(e))
         return
-    say(joined=[n._asdict() for n in nodes])
+    say(joined=[n._asdict() for _, n in sorted(joined.nodes.items())])
     if "heartbeat" in s:
         interval, timeout = s["heartbeat"]
-        heartbeat(control.Heartbeat(store, node, me.nnodes, interval=interval, timeout=timeout))
+        listen(Link(store, joined.nodes, node, me.nnodes, timeout), interval)
     elif node == 0:  # as a launcher's node 0 runs the job: its exit would end the store
         time.sleep(3600)
 
@@ -69,30 +73,24 @@ def info(s: dict[str, Any], run_id: str) -> control.NodeInfo:
     )
 
 
-def heartbeat(hb: control.Heartbeat) -> None:
-    lost: list[int] = []
-    beats = 0
-
-    def own() -> None:  # the one thread that uses the store from now on
-        nonlocal lost, beats
-        while True:
-            lost = hb.tick()
-            beats += hb.error is None
-            time.sleep(hb.interval)
-
-    threading.Thread(target=own, daemon=True).start()
-    said: set[str] = set()
+def listen(link: Link, interval: float) -> None:
+    """As the gang's loop does: wait on the link's pipe, and say what it hands over."""
+    link.heartbeat.interval = interval
+    started, said_beating = time.monotonic(), False
     while True:
-        if beats >= 2 and "beating" not in said:
-            said.add("beating")
-            say(beating=beats)
-        if lost and "lost" not in said:
-            said.add("lost")
-            say(lost=lost)
-        if hb.cut_off() and "cut_off" not in said:
-            said.add("cut_off")
-            say(cut_off=True, quiet_for=hb.quiet_for(), error=hb.error)
-        time.sleep(0.05)
+        select.select([link.fd], [], [], 0.05)
+        beaten = time.monotonic() - started > 2 * interval and link.heartbeat.error is None
+        if beaten and not said_beating:
+            said_beating = True
+            say(beating=2)
+        for event in link.take():
+            assert isinstance(event, Halted)
+            end = link.ends.get(0)
+            if link.cut_off:
+                hb = link.heartbeat
+                say(halted=event.reason, cut_off=True, quiet_for=hb.quiet_for(), error=hb.error)
+            else:
+                say(halted=event.reason, lost=list(end.lost) if end else [])
 
 
 if __name__ == "__main__":

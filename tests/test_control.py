@@ -97,10 +97,12 @@ def test_three_agents_join_and_agree(agents: Callable[..., Agent]) -> None:
     seen = [a.expect("joined", "error") for a in job]
     assert all("joined" in s for s in seen), seen
     pids = [a.proc.pid for a in job]
-    for s in seen:
-        assert [n["node_rank"] for n in s["joined"]] == [0, 1, 2]
-        assert [n["pid"] for n in s["joined"]] == pids
-        assert {n["run_id"] for n in s["joined"]} == {"job-ok"}
+    # node 0 read every claim; the others know node 0 and themselves, from its verdict
+    assert [n["pid"] for n in seen[0]["joined"]] == pids
+    for r, s in enumerate(seen[1:], 1):
+        assert [n["node_rank"] for n in s["joined"]] == [0, r]
+        assert [n["pid"] for n in s["joined"]] == [pids[0], pids[r]]
+    assert {n["run_id"] for s in seen for n in s["joined"]} == {"job-ok"}
 
 
 @pytest.mark.slow
@@ -123,7 +125,7 @@ def test_node_0_dying_while_the_others_join_is_one_line_on_each(
     port = first.expect("port", "error")["port"]
     second = agents({"node_rank": 1, "nnodes": 3, "port": port, "run_id": "job-gone"})
     watcher = control.connect("127.0.0.1", port, timeout=10)
-    claim = control.JobStore(watcher, "job-gone").key("join", "claim", 1)
+    claim = control.JobStore(watcher, "job-gone").keys.claim(1)
     # until node 1 waits for node 2, which never comes
     wait_until(lambda: watcher.check([claim]), 30, "node 1's claim to join", every=0.05)
     first.end()
@@ -133,7 +135,9 @@ def test_node_0_dying_while_the_others_join_is_one_line_on_each(
 
 
 @pytest.mark.slow
-def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> None:
+def test_a_stopped_agent_is_declared_lost_by_node_0_and_every_agent_hears(
+    agents: Callable[..., Agent],
+) -> None:
     beat = {"run_id": "job-hb", "heartbeat": [0.2, 2.0]}
     job = start_job(agents, 3, lambda r: beat)
     assert all("joined" in a.expect("joined", "error") for a in job)
@@ -141,7 +145,9 @@ def test_heartbeat_sees_a_stopped_agent_lost(agents: Callable[..., Agent]) -> No
     os.kill(job[2].proc.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     for a in job[:2]:
-        assert a.expect("lost", "cut_off", timeout=6) == {"lost": [2]}
+        heard = a.expect("halted", timeout=6)
+        assert heard["lost"] == [2] and "node 2 (" in heard["halted"], heard
+        assert "no heartbeat for 2 s" in heard["halted"], heard
         elapsed = time.monotonic() - stopped
         assert 1.5 < elapsed < 4.0, elapsed
 
@@ -160,9 +166,9 @@ def test_pulled_cable_both_sides_know(
     assert all("beating" in agent.expect("beating", "error") for agent in (a, b))
     hosts.link_down(1)
     pulled = time.monotonic()
-    assert a.expect("lost", "cut_off", timeout=6) == {"lost": [1]}
+    assert a.expect("halted", timeout=6)["lost"] == [1]
     assert time.monotonic() - pulled < 4.0
-    cut = b.expect("lost", "cut_off", timeout=6)
+    cut = b.expect("halted", timeout=6)
     assert cut["cut_off"] is True and cut["quiet_for"] > 2.0, cut
     assert time.monotonic() - pulled < 4.0
 
@@ -232,7 +238,8 @@ def test_duplicate_node_rank_is_named_on_every_agent() -> None:
 def test_stranger_is_told_and_changes_nothing() -> None:
     job = Job(2, "job-a")
     assert all(
-        isinstance(n, list) for n in join_all(job, [node(0, 2, "job-a"), node(1, 2, "job-a")])
+        isinstance(n, control.Joined)
+        for n in join_all(job, [node(0, 2, "job-a"), node(1, 2, "job-a")])
     )
     before = job.snapshot()
 
@@ -277,6 +284,31 @@ def test_different_commands_are_shown_as_command_lines() -> None:
     }, out
 
 
+@pytest.mark.slow
+def test_node_0_names_the_missing_and_every_agent_gets_its_verdict() -> None:
+    job = Job(3)
+    notes: dict[int, list[str]] = {0: [], 1: []}
+    out: list[Any] = [None] * 2
+
+    def one(r: int) -> None:
+        try:
+            control.join(job.store(), node(r, 3), 1.6, notes[r].append, every=0.5)
+        except control.ControlError as e:
+            out[r] = e
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert notes[0] and set(notes[0]) == {"waiting for node 2 to join (1 of 3 missing)"}
+    assert set(notes[1]) <= {"waiting for 1 of 3 nodes to join (node 0 names them)"}, notes
+    assert all(isinstance(e, control.JoinTimeout) for e in out), out
+    assert {str(e) for e in out} == {
+        "node 2 did not join within the timeout: is rankrun started on every node?"
+    }
+
+
 def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
     job = Job(2)
     out = join_all(job, [node(0, 2), node(2, 3)])
@@ -300,7 +332,7 @@ def test_garbage_on_the_port_does_not_break_the_store() -> None:
     # unreachable, as in a sandbox); then it carries on.
     assert client.get("k") == b"v"
     assert job.client().get("k") == b"v"
-    assert control.join(job.store(), node(0, 1), timeout=5)[0].node_rank == 0
+    assert control.join(job.store(), node(0, 1), timeout=5).nodes[0].node_rank == 0
 
 
 @pytest.mark.slow
@@ -337,25 +369,63 @@ def test_first_failure_is_the_first_add() -> None:
     assert control.first_failure(a, 1) == winner
 
 
-def test_attempt_end_first_reason_holds() -> None:
-    job = Job(2)
+def test_attempt_end_first_reason_holds_and_wakes_every_waiter() -> None:
+    job = Job(3)
     a, b = job.store(), job.store()
+    waiters = [job.store() for _ in range(3)]
+    heard: list[Any] = [None] * 3
+
+    def wait(i: int) -> None:
+        heard[i] = control.await_end(waiters[i], 0, timeout=20)
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
     assert control.attempt_ended(a, 0) is None
-    assert control.end_attempt(a, 0, "rank 3 failed on node 1") == "rank 3 failed on node 1"
-    assert control.end_attempt(b, 0, "interrupted on node 0") == "rank 3 failed on node 1"
-    assert control.attempt_ended(b, 0) == "rank 3 failed on node 1"
+    failed = control.AttemptEnd(control.EndKind.FAILURE, "rank 3 failed on node 1", 7, 1)
+    signalled = control.AttemptEnd(control.EndKind.INTERRUPT, "interrupted on node 0", 130, 0, 2)
+    assert control.end_attempt(a, 0, failed) == failed
+    assert control.end_attempt(b, 0, signalled) == failed
+    for t in threads:
+        t.join(20)
+    assert heard == [failed] * 3
+    assert control.attempt_ended(b, 0) == failed
     assert control.attempt_ended(b, 1) is None
+    assert control.await_end(b, 1, timeout=0.2) is None
+    assert failed.halts(0) and not failed.halts(1)
+
+
+def test_the_last_result_concludes_the_attempt_and_lost_nodes_do_too() -> None:
+    job = Job(3)
+    stores = [job.store() for _ in range(3)]
+    rows = ({"rank": 0, "exit_code": 0},)
+    for r in (0, 1):
+        control.publish_result(stores[r], 0, control.NodeResult(r, f"h{r}", 10 + r, 0, rows), 3)
+    assert control.await_over(stores[0], 0, timeout=0.2) is None
+    control.publish_result(stores[2], 0, control.NodeResult(2, "h2", 12, 0, rows), 3)
+    assert control.await_over(stores[1], 0, timeout=5) == ()
+    assert control.attempt_ended(stores[1], 0) == control.AttemptEnd(
+        control.EndKind.DONE, "every node finished", 0, 2
+    )
+    # attempt 1: node 1 is lost before it publishes; node 0 says so
+    control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows), 3)
+    lost = control.AttemptEnd(control.EndKind.LOST, "node 1 lost", 1, 0, lost=(1,))
+    assert control.declare_lost(stores[0], 1, lost) == lost
+    assert control.await_over(stores[2], 1, timeout=5) == (1,)
+    assert lost.halts(0) and lost.halts(2)
 
 
 def test_barrier_results_and_rank_keys() -> None:
     job = Job(3)
     stores = [job.store() for _ in range(3)]
     errors: list[BaseException] = []
+    opened: list[str] = [""] * 3
 
     def arrive(r: int) -> None:
         time.sleep(0.1 * r)
         try:
-            control.barrier(stores[r], "restart-1", r, 3, timeout=10)
+            opening = (lambda: "port 4242") if r == 0 else (lambda: "not node 0's")
+            opened[r] = control.barrier(stores[r], "restart-1", r, 3, 10, opening)
         except BaseException as e:
             errors.append(e)
 
@@ -365,12 +435,13 @@ def test_barrier_results_and_rank_keys() -> None:
     for t in threads:
         t.join(20)
     assert not errors
+    assert opened == ["port 4242"] * 3
     with pytest.raises(control.BarrierTimeout, match="node 1, 2 did not reach restart-2"):
         control.barrier(stores[0], "restart-2", 0, 3, timeout=0.5)
 
     rows = ({"rank": 0, "exit_code": 0},)
-    control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows))
-    control.publish_result(stores[2], 1, control.NodeResult(2, "h2", 12, 1, rows))
+    control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows), 3)
+    control.publish_result(stores[2], 1, control.NodeResult(2, "h2", 12, 1, rows), 3)
     t0 = time.monotonic()
     got = control.gather_results(stores[0], 1, 3, timeout=5, skip=[1])
     assert time.monotonic() - t0 < 1
@@ -445,13 +516,14 @@ def test_heartbeat_rules_on_a_fake_clock() -> None:
         control.Heartbeat(job.store(), r, 3, timeout=2, clock=lambda: now[0]) for r in (0, 1, 2)
     ]
     for r in (0, 1, 2):  # join makes these; multi_get would wait for a missing one
-        job.server.add(f"rankrun/job-t/hb/{r}", 0)
+        job.server.add(job.store().keys.heartbeat(r), 0)
     beats[2].tick()  # node 2 beats once, then falls silent
     for t in (0.5, 1.5, 2.5):
         now[0] = t
         assert beats[0].tick() == [] and beats[1].tick() == []
-    now[0] = 2.6  # node 2's counter last changed at 0.5, as node 0 and 1 saw it
-    assert beats[0].tick() == [2] and beats[1].tick() == [2]
+    now[0] = 2.6  # node 2's counter last changed at 0.5, as node 0 saw it
+    assert beats[0].tick() == [2]
+    assert beats[1].tick() == []  # only node 0 reads the others
 
     cut = control.Heartbeat(
         control.JobStore(Broken(), "job-t"), 1, 3, timeout=2, clock=lambda: now[0]

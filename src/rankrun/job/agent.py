@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from rankrun.base.errors import UsageError
 from rankrun.job import control
-from rankrun.job.link import End, Link
+from rankrun.job.link import Link
 from rankrun.output.outcome import Attempt, Halt, Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.layout import Layout
@@ -26,17 +26,18 @@ from rankrun.run.gang import Gang
 from rankrun.run.host import Host
 from rankrun.run.watch import TERMINATING, Signalled
 
-_RESULT_WAIT = 0.1
 T = TypeVar("T")
 
 
 class Agent:
-    def __init__(self, plan: Plan, store: control.JobStore, nodes: list[control.NodeInfo],
-                 server: object | None) -> None:  # fmt: skip
-        self.plan, self.store, self.nodes = plan, store, nodes
+    def __init__(self, plan: Plan, store: control.JobStore, joined: control.Joined,
+                 server: Any, workers: Any) -> None:  # fmt: skip
+        self.plan, self.store, self.nodes = plan, store, joined.nodes
         self._server = server  # node 0's store: it serves as long as this object lives
-        self._workers: Any = None
-        self.link = Link(store, nodes, plan.node_rank, plan.rendezvous.node_timeout)
+        self._workers = workers  # node 0's store for the attempt's ranks
+        self._opened = joined.opened  # the first attempt's workers' store port
+        self.link = Link(store, joined.nodes, plan.node_rank, plan.nnodes,
+                         plan.rendezvous.node_timeout)  # fmt: skip
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
@@ -52,15 +53,20 @@ class Agent:
               printer: Printer, quiet: bool) -> Agent:  # fmt: skip
         from rankrun.base.version import VERSION
 
+        _bound_name_lookups()
         meeting = plan.rendezvous
         addr, port = meeting.master_addr, meeting.master_port
         name = os.uname().nodename
         server = None
         if plan.node_rank == 0:
+            control.open_files_for(2 * plan.nnodes)
             server = control.serve(addr, port)
             client = server
             job = control.JobInfo(plan.run_id, name, port, _now(), plan.nnodes, "")
             control.announce(client, job)
+            note = control.listen_queue_note(plan.nnodes)
+            if note is not None:
+                printer.event(note)
         else:
             client = control.connect(addr, port, timeout=meeting.join_timeout,
                                      on_wait=printer.event)  # fmt: skip
@@ -71,16 +77,19 @@ class Agent:
                               plan.nproc_per_node, plan.run_id, VERSION,
                               control.command_hash(script, args))  # fmt: skip
         store = control.JobStore(client, plan.run_id)
+        workers: list[Any] = []
 
-        def waiting(missing: list[int]) -> None:
-            printer.event(f"waiting for node {', '.join(map(str, missing))} to join")
+        def opening() -> str:  # node 0, once every node agrees: the first attempt's store
+            workers.append(control.serve(addr, 0))
+            return str(workers[0].port)
 
         command = control.command_line(script, args)
-        nodes = control.join(store, me, meeting.join_timeout, waiting, command=command)
+        joined = control.join(store, me, meeting.join_timeout, printer.event, command=command,
+                              opening=opening)  # fmt: skip
         if not quiet:
             me_in = f"node {plan.node_rank} of job {plan.run_id}"
             printer.event(f"joined {plan.nnodes} nodes as {me_in}")
-        return cls(plan, store, nodes, server)
+        return cls(plan, store, joined, server, workers[0] if workers else None)
 
     def run(self, host: Host, printer: Printer) -> Outcome:
         """Every attempt of the job, restarted on every node together."""
@@ -94,43 +103,37 @@ class Agent:
                 attempts.append(attempt)
                 if not self._restarts(number):
                     break
-                control.barrier(self.store, f"attempt_{number + 1}", self.plan.node_rank,
-                                self.plan.nnodes, self.plan.rendezvous.join_timeout)  # fmt: skip
+                self._opened = control.barrier(
+                    self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
+                    self.plan.rendezvous.join_timeout, self._open_workers,
+                )  # fmt: skip
         finally:
             host.remove_source(self.link.fd)
         return Outcome(tuple(attempts))
 
+    def _open_workers(self) -> str:
+        """Node 0, once every node is at the restart barrier: a fresh store for the ranks."""
+        self._workers = control.serve(self.plan.rendezvous.master_addr, 0)
+        return str(self._workers.port)
+
     def _attempt(self, number: int, host: Host, printer: Printer) -> Attempt:
         self.link.attempt_number = number
-        plan = self._plan_for(number)
+        meeting = self.plan.rendezvous._replace(master_port=int(self._opened))
+        plan = self.plan._replace(rendezvous=meeting)
         attempt = Gang(plan, number, host, printer, self.link).supervise()
         result = self._result(attempt)
         if attempt.interrupted_by:
             self._try(lambda: control.publish_interrupt(self.store, number))
-        self._try(lambda: control.publish_result(self.store, number, result))
+        self._try(lambda: control.publish_result(self.store, number, result, self.plan.nnodes))
         end, signum = self._await_job(number, host)
         if signum is not None and not attempt.interrupted_by:
             attempt = attempt._replace(interrupted_by=signum)
-        lost = end is not None and end.get("kind") == End.LOST
-        if end is not None and (end.get("node") != self.plan.node_rank or lost):
-            halt = Halt(str(end["reason"]), int(str(end["code"])))
-            attempt = attempt._replace(cause=None, halted=halt)
+        if end is not None and end.halts(self.plan.node_rank):
+            attempt = attempt._replace(cause=None, halted=Halt(end.reason, end.code))
         elif self.link.cut_off and attempt.exit_code == 0:
             # This node's ranks finished, but the job did not: it may not end 0.
             attempt = attempt._replace(halted=Halt(self.link.cut_off_reason(), 1))
         return attempt
-
-    def _plan_for(self, number: int) -> Plan:
-        """The attempt's plan: the ranks meet at a workers' store that is new each attempt."""
-        key = self.store.key("attempt", number, "workers")
-        if self.plan.node_rank == 0:
-            meeting = self.plan.rendezvous
-            self._workers = control.serve(meeting.master_addr, 0)
-            self.store.client.set(key, str(self._workers.port))
-        raw = control.bounded(lambda: self.store.clone().client.get(key),
-                              self.plan.rendezvous.join_timeout, "the workers' store")  # fmt: skip
-        meeting = self.plan.rendezvous._replace(master_port=int(raw))
-        return self.plan._replace(rendezvous=meeting)
 
     def _result(self, attempt: Attempt) -> control.NodeResult:
         from rankrun.output.summary import rank_row
@@ -139,23 +142,20 @@ class Agent:
         name = self.nodes[self.plan.node_rank].hostname
         return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, rows)
 
-    def _await_job(self, number: int, host: Host) -> tuple[dict[str, object] | None, int | None]:
+    def _await_job(self, number: int, host: Host) -> tuple[control.AttemptEnd | None, int | None]:
         """Wait for every node to end the attempt; return how the job's attempt ended, and the
         terminating signal that ended the wait, if one did.
 
         A node whose ranks all finished waits here for the others, so that a failure on
-        another node still decides its exit code, and a restart still includes it.
+        another node still decides its exit code, and a restart still includes it. The link
+        wakes it when the store says the attempt is over, or when this node is cut off.
         """
         link = self.link
         while True:
-            end = link.ends.get(number)
-            lost = end is not None and end["kind"] == End.LOST
-            # A node lost after the attempt had ended (during a teardown) publishes no result.
-            lost = lost or bool(link.heartbeat.lost())
-            if link.result_counts.get(number, 0) >= self.plan.nnodes or lost or link.cut_off:
+            if number in link.overs or link.cut_off:
                 self._say_seen(number)
-                return end, None
-            for e in host.wait(_RESULT_WAIT):
+                return link.ends.get(number), None
+            for e in host.wait(link.heartbeat.interval):
                 if not isinstance(e, Signalled):
                     continue
                 if e.signum in TERMINATING:  # wait no more: the user asked to stop
@@ -167,8 +167,7 @@ class Agent:
 
     def _say_seen(self, number: int) -> None:
         """Node 0 serves the store until every node has seen the attempt's end."""
-        key = self.store.key("attempt", number, "seen")
-        self._try(lambda: self.store.client.add(key, 1))
+        self._try(lambda: control.say_seen(self.store, number))
 
     def _try(self, call: Callable[[], T]) -> T | None:
         """A store call at the end of an attempt: skipped once cut off, and bounded."""
@@ -186,19 +185,21 @@ class Agent:
         from rankrun.job.job_report import finished_job_line, job_report, other_node_line
 
         number = len(outcome.attempts) - 1
-        end = self.link.ends.get(number) or {}
+        end = self.link.ends.get(number)
         if self.link.cut_off:
             self._conclude_alone(outcome, printer, summary)
             return
         if self.plan.node_rank != 0:
             signum = outcome.attempts[-1].interrupted_by
-            if end:
+            if end is not None and end.kind != control.EndKind.DONE:
                 printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
             elif signum is not None:
                 printer.event(f"stopped: {signal_name(signum)}; exit code {outcome.exit_code}")
             return
-        results = self._gather(number, end)
-        root = control.first_failure(self.store, number) if end.get("kind") == End.FAILURE else None
+        results = self._gather(number)
+        root = None
+        if end is not None and end.kind == control.EndKind.FAILURE:
+            root = control.first_failure(self.store, number)
         lines = job_report(outcome, end, root, results, self.nodes)
         if not lines and outcome.ok and len(results) == len(self.nodes) and not quiet:
             lines = [finished_job_line(results)]
@@ -224,22 +225,21 @@ class Agent:
             except OSError as e:
                 printer.event(f"could not write --summary-json {summary}: {e.strerror}")
 
-    def _gather(self, number: int, end: dict[str, object]) -> dict[int, control.NodeResult]:
-        meeting = self.plan.rendezvous
-        lost = end.get("lost") or self.link.heartbeat.lost()
-        assert isinstance(lost, list)
-        wait = self.plan.shutdown_timeout + meeting.node_timeout + 5
+    def _gather(self, number: int) -> dict[int, control.NodeResult]:
+        """Node 0: every node's result, and every node's word that it saw the end, so that
+        this node's exit (which ends the store) comes after the others read what they need."""
+        lost = self.link.overs.get(number, ()) or tuple(self.link.heartbeat.lost())
+        wait = self.plan.shutdown_timeout + self.plan.rendezvous.node_timeout + 5
         results = control.gather_results(self.store, number, self.plan.nnodes, wait, lost)
-        seen = self.store.key("attempt", number, "seen")
-        deadline = time.monotonic() + 5.0
-        while self.store.client.add(seen, 0) < len(results) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        control.await_seen(self.store, number, len(results), 5.0)
         return results
 
     def _restarts(self, number: int) -> bool:
         """Whether the job restarts after attempt ``number``: a failure, with restarts left."""
-        end = self.link.ends.get(number) or {}
-        if end.get("kind") != End.FAILURE or number >= self.plan.max_restarts:
+        end = self.link.ends.get(number)
+        if end is None or end.kind != control.EndKind.FAILURE:
+            return False
+        if number >= self.plan.max_restarts:
             return False
         # A signal during the failure's teardown ends the job, as on one node. Every node
         # has every result by now, and a node publishes its interrupt before its result.
@@ -247,6 +247,32 @@ class Agent:
 
     def close(self) -> None:
         self.link.close()
+        _restore_name_lookups()
+
+
+_RES_OPTIONS = "timeout:1 attempts:1"
+_res_options_set = False
+
+
+def _bound_name_lookups() -> None:
+    """Bound each of this agent's DNS lookups to 1 s, unless the user set RES_OPTIONS.
+
+    torch's store looks up the peer's name by reverse DNS after every connection, on its one
+    thread (see ``control``'s notes); glibc waits 5 s per lost query, twice. One failed
+    lookup also turns torch's lookups off for the process. glibc reads the variable when a
+    thread first resolves; the ranks' environment was built before, without it.
+    """
+    global _res_options_set
+    if "RES_OPTIONS" not in os.environ:
+        os.environ["RES_OPTIONS"] = _RES_OPTIONS
+        _res_options_set = True
+
+
+def _restore_name_lookups() -> None:
+    global _res_options_set
+    if _res_options_set and os.environ.get("RES_OPTIONS") == _RES_OPTIONS:
+        del os.environ["RES_OPTIONS"]
+    _res_options_set = False
 
 
 def _with_run_id(plan: Plan, run_id: str) -> Plan:

@@ -7,10 +7,10 @@ clock, which may disagree with the others.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from rankrun.job.control import FailureFact, NodeInfo, NodeResult
+from rankrun.job.control import AttemptEnd, EndKind, FailureFact, NodeInfo, NodeResult
 from rankrun.output.outcome import Ending, Outcome
 
 _STATES = ("failed", "terminated", "exited")
@@ -18,20 +18,20 @@ _STATES = ("failed", "terminated", "exited")
 
 def job_report(
     outcome: Outcome,
-    end: Mapping[str, object],
+    end: AttemptEnd | None,
     root: FailureFact | None,
     results: Mapping[int, NodeResult],
-    nodes: Sequence[NodeInfo],
+    nodes: Mapping[int, NodeInfo],
 ) -> list[str]:
     """The closing lines on node 0; none when every rank of every node exited 0."""
     lines: list[str] = []
     if root is not None:
         lines.append(root_cause_line(root))
         lines.extend(f"  {line}" for line in root.error_text.splitlines())
-    elif end:
-        lines.append(f"stopped: {end['reason']}")
+    elif end is not None and end.kind != EndKind.DONE:
+        lines.append(f"stopped: {end.reason}")
     if lines or any(r.exit_code for r in results.values()):
-        lines.extend(node_line(n, results.get(n.node_rank)) for n in nodes)
+        lines.extend(node_line(n, results.get(r)) for r, n in sorted(nodes.items()))
         lines.append(f"exit code {outcome.exit_code}")
     return lines
 
@@ -70,9 +70,9 @@ def node_line(node: NodeInfo, result: NodeResult | None) -> str:
     return f"{who}: " + "; ".join(parts)
 
 
-def other_node_line(end: Mapping[str, object], node0: NodeInfo, exit_code: int) -> str:
+def other_node_line(end: AttemptEnd, node0: NodeInfo, exit_code: int) -> str:
     return (
-        f"the job ended: {end['reason']}; node 0 ({node0.hostname}) has the report; "
+        f"the job ended: {end.reason}; node 0 ({node0.hostname}) has the report; "
         f"exit code {exit_code}"
     )
 

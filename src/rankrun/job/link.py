@@ -1,53 +1,47 @@
-"""A node's link to the job: the thread that beats its heart and reads the job's end.
+"""A node's link to the job: the threads that beat its heart and hear the job's news.
 
 While the gang runs an attempt, one background thread owns this node's store client: it
-publishes what ends the attempt here (a failure, an interrupt), bumps the heartbeat, and
-watches for the attempt's end from elsewhere (another node's failure, a lost node). What it
-learns reaches the gang's loop as a ``Halted`` event, through a pipe the loop waits on. A
-second thread only reads the clock: a node whose store calls hang (node 0 stopped, the
-network gone) must still end its ranks, and a hung call can't tell it so.
+publishes what ends the attempt here (a failure, an interrupt) and bumps the heartbeat; on
+node 0 it also reads every node's heartbeat and declares the lost ones. A second thread
+blocks in ``wait`` on the attempt's end and then its conclusion, on a client of its own: the
+store pushes them, so a failure anywhere reaches every node within a round trip, and no node
+polls. What it learns reaches the gang's loop as a ``Halted`` event, through a pipe the loop
+waits on. A third thread only reads the clock: a node whose store calls hang (node 0
+stopped, the network gone) must still end its ranks, and a hung call can't tell it so.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from rankrun.job import control
+from rankrun.job.control import AttemptEnd, EndKind
 from rankrun.output.outcome import Halt, RankResult
 from rankrun.run.watch import Event, Halted
 
-POLL = 0.05
-
-
-class End:
-    """Kinds of attempt end, as written to the store."""
-
-    FAILURE = "failure"
-    INTERRUPT = "interrupt"
-    LOST = "lost"
+WAIT_CHUNK = 60.0  # seconds of one ``wait`` on the job's news, before it is made again
 
 
 class Link:
-    def __init__(self, store: control.JobStore, nodes: list[control.NodeInfo], node_rank: int,
-                 timeout: float) -> None:  # fmt: skip
+    def __init__(self, store: control.JobStore, nodes: dict[int, control.NodeInfo],
+                 node_rank: int, nnodes: int, timeout: float) -> None:  # fmt: skip
         self.store, self.nodes, self.node_rank = store, nodes, node_rank
         self.hostname = nodes[node_rank].hostname
-        nnodes = len(nodes)
         self.timeout = timeout
         interval = min(max(timeout / 5, 0.1), 2.0)
         self.heartbeat = control.Heartbeat(store, node_rank, nnodes, interval=interval,
                                            timeout=timeout)  # fmt: skip
         self.attempt_number = 0
-        self.ends: dict[int, dict[str, object]] = {}
-        """How each attempt ended, once it has: kind, reason, code, node."""
-        self.result_counts: dict[int, int] = {}
-        """How many nodes have published their result of each attempt."""
+        self.ends: dict[int, AttemptEnd] = {}
+        """How each attempt ended, once it has."""
+        self.overs: dict[int, tuple[int, ...]] = {}
+        """Each attempt whose every node has published its result or been declared lost: the
+        nodes lost."""
         self._requests: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
         self._news: list[Event] = []
         self._lock = threading.Lock()
@@ -56,7 +50,7 @@ class Link:
         self._kick = threading.Event()
         self.fd, self._wake_fd = os.pipe()
         os.set_blocking(self.fd, False)
-        for target in (self._run, self._watch_clock):
+        for target in (self._run, self._hear, self._watch_clock):
             threading.Thread(target=target, name="rankrun-link", daemon=True).start()
 
     # The gang's coordinator: called on the loop's thread, never waits on the network.
@@ -72,7 +66,8 @@ class Link:
         )  # fmt: skip
         attempt = self.attempt_number
         self._requests.put(lambda: control.publish_failure(self.store, attempt, fact))
-        self._requests.put(lambda: self._end(attempt, End.FAILURE, reason, result.code))
+        end = AttemptEnd(EndKind.FAILURE, reason, result.code, self.node_rank)
+        self._requests.put(lambda: control.end_attempt(self.store, attempt, end))
         self._kick.set()
 
     def interrupted(self, signum: int) -> None:
@@ -84,12 +79,14 @@ class Link:
         """End ``attempt`` for every node by this node's signal; from the calling thread."""
         name = signal.Signals(signum).name
         reason = f"interrupted on node {self.node_rank} ({self.hostname}) by {name}"
-        self._end(attempt, End.INTERRUPT, reason, 128 + signum, signum)
+        end = AttemptEnd(EndKind.INTERRUPT, reason, 128 + signum, self.node_rank, signum)
+        control.end_attempt(self.store, attempt, end)
 
     def halted(self, halt: Halt) -> None:
         attempt = self.attempt_number
         reason = f"{halt.reason} on node {self.node_rank} ({self.hostname})"
-        self._requests.put(lambda: self._end(attempt, End.INTERRUPT, reason, halt.exit_code))
+        end = AttemptEnd(EndKind.INTERRUPT, reason, halt.exit_code, self.node_rank)
+        self._requests.put(lambda: control.end_attempt(self.store, attempt, end))
         self._kick.set()
 
     def take(self) -> list[Event]:
@@ -112,6 +109,7 @@ class Link:
     # The link's own threads.
 
     def _run(self) -> None:
+        """Publish what happens here at once, and beat every ``interval``; nothing else."""
         next_beat = 0.0
         while not self._closing.is_set():
             try:
@@ -119,49 +117,52 @@ class Link:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.heartbeat.interval
                     self._declare_lost(self.heartbeat.tick())
-                self._read_end()
             except RuntimeError:
                 pass  # the store is unreachable: the clock thread decides when to give up
-            self._kick.wait(POLL)  # a failure here is published at once, not at the next poll
+            self._kick.wait(max(0.0, next_beat - time.monotonic()))
             self._kick.clear()
 
     def _publish_requests(self) -> None:
         while not self._requests.empty():
             self._requests.get()()
 
-    def _end(self, attempt: int, kind: str, reason: str, code: int, signum: int | None = None,
-             lost: Sequence[int] = ()) -> None:  # fmt: skip
-        record = json.dumps({"kind": kind, "reason": reason, "code": code, "signal": signum,
-                             "node": self.node_rank, "lost": list(lost)})  # fmt: skip
-        control.end_attempt(self.store, attempt, record)
-
     def _declare_lost(self, lost: list[int]) -> None:
+        """Node 0: end the attempt for the nodes whose heartbeat stopped."""
         if lost:
             named = ", ".join(
                 f"{r} ({self.nodes[r].hostname}, pid {self.nodes[r].pid})" for r in lost
             )
             reason = f"node {named} lost: no heartbeat for {self.timeout:g} s"
-            self._end(self.attempt_number, End.LOST, reason, 1, lost=lost)
+            end = AttemptEnd(EndKind.LOST, reason, 1, self.node_rank, lost=tuple(lost))
+            control.declare_lost(self.store, self.attempt_number, end)
 
     @property
     def cut_off(self) -> bool:
         return self.heartbeat.cut_off()
 
-    def _read_end(self) -> None:
-        attempt = self.attempt_number
-        count = self.store.key("attempt", attempt, "results")
-        self.result_counts[attempt] = self.store.client.add(count, 0)
-        raw = control.attempt_ended(self.store, attempt)
-        if raw is None or attempt in self._told:
-            return
-        end = self.ends[attempt] = json.loads(raw)
-        if end["node"] != self.node_rank or end["kind"] == End.LOST:
-            self._tell(attempt, Halted(end["reason"], end["code"], end.get("signal")))
-        else:
-            self._told.add(attempt)
+    def _hear(self) -> None:
+        """Block on each attempt's end, then on its conclusion, as the store pushes them."""
+        try:
+            mine = self.store.clone()
+            number = 0
+            while not self._closing.is_set():
+                end = control.await_end(mine, number, WAIT_CHUNK)
+                if end is None:
+                    continue
+                self.ends[number] = end
+                if end.halts(self.node_rank):
+                    self._tell(number, Halted(end.reason, end.code, end.signal))
+                while (lost := control.await_over(mine, number, WAIT_CHUNK)) is None:
+                    if self._closing.is_set():
+                        return
+                self.overs[number] = lost
+                self._wake()
+                number += 1
+        except RuntimeError:
+            return  # node 0's store is gone: the clock thread judges whether that cuts us off
 
     def _watch_clock(self) -> None:
-        while not self._closing.wait(POLL * 2):
+        while not self._closing.wait(min(self.heartbeat.interval / 2, 0.5)):
             self.heartbeat.awake()
             if self.heartbeat.cut_off():
                 self._tell(self.attempt_number, Halted(self.cut_off_reason(), 1))
@@ -182,6 +183,10 @@ class Link:
                 return
             self._told.add(attempt)
             self._news.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the loop that waits on ``fd``."""
         try:
             os.write(self._wake_fd, b"!")
         except OSError:

@@ -4,32 +4,23 @@ Multi-node runs only. Node 0's agent hosts a ``torch.distributed.TCPStore`` at
 --master-addr:--master-port; every other agent connects to it. torch is imported by the first
 function that needs it, never when this module is imported.
 
-Keys (``P`` is ``rankrun/<run id>``)::
+Every key is named in ``keys.py``. What each agent asks of the store, and how often:
 
-    rankrun/job                        JobInfo, written once by node 0 when it starts hosting
-    P/join/claim/<node>                the NodeInfo of the agent that holds --node-rank <node>
-    P/join/command/<node>              its command line, read only when the commands differ
-    P/join/joined                      counter: node ranks claimed
-    P/join/complete                    set when all nodes have claimed: later arrivals are strangers
-    P/join/agreed                      counter: agents that found every node's settings agree
-    P/join/abort                       the message every agent raises (the first writer's)
-    P/join/acked                       counter: agents that read the abort (node 0 waits for them)
-    P/hb/<node>                        heartbeat counter
-    P/attempt/<k>/failures             counter: the store's order of failures
-    P/attempt/<k>/failure/<n>          FailureFact of the n-th failure; n = 1 is the root cause
-    P/attempt/<k>/end                  why attempt k ended (the first writer's reason)
-    P/attempt/<k>/result/<node>        NodeResult
-    P/attempt/<k>/results              counter: results published
-    P/attempt/<k>/interrupts           counter: nodes whose part a signal to them ended
-    P/barrier/<name>/<node>, /count, /open
+- joining: it claims its rank, bumps a counter and waits on one key, the verdict. Node 0 alone
+  reads every claim, once, and publishes the verdict;
+- while the job runs: one ``add`` per heartbeat interval. Node 0 also reads every counter in
+  one ``multi_get``. Nothing else: the end of an attempt and its conclusion reach every
+  agent through ``wait`` on one key each, on a client of its own (a push);
+- a failure: two requests from the node that has it; the server wakes every waiter.
 
 Facts learnt from torch 2.13 that shape this module:
 
 - One client object may be used from several threads: its operations are serialised by a lock
   inside it. But an operation that waits (``get`` of a missing key, ``wait``) holds that lock,
-  so every other thread's operation on the same client waits behind it. Everything here that a
-  background thread calls is a short, non-waiting operation (about 15 us on loopback); the
-  functions that wait (``join``, ``barrier``) run before that thread starts, or on a clone.
+  so every other thread's operation on the same client waits behind it. So the heartbeat's
+  client only makes short, non-waiting calls (about 15 us on loopback); the waits run on
+  clients of their own (``JobStore.clone``), each a connection to node 0's store.
+- ``wait`` with a timeout leaves the connection usable after it times out.
 - The store's timeout bounds waiting for a key, not a server that does not answer. Against a
   SIGSTOPped server, or across a pulled cable, every operation blocks, whatever the timeout,
   until the server answers or TCP gives up (about 15 minutes). They release the GIL and do not
@@ -52,12 +43,18 @@ Facts learnt from torch 2.13 that shape this module:
 
 from rankrun.job.control.attempt import (
     ERROR_TEXT_MAX,
+    AttemptEnd,
     BarrierTimeout,
+    EndKind,
     FailureFact,
     NodeResult,
     attempt_ended,
+    await_end,
+    await_over,
+    await_seen,
     barrier,
     clear_rank_keys,
+    declare_lost,
     end_attempt,
     failures,
     first_failure,
@@ -66,11 +63,13 @@ from rankrun.job.control.attempt import (
     publish_failure,
     publish_interrupt,
     publish_result,
+    say_seen,
 )
 from rankrun.job.control.calls import ControlError, Unresponsive, bounded
 from rankrun.job.control.heartbeat import Heartbeat
 from rankrun.job.control.join import (
     DuplicateNodeRank,
+    Joined,
     JoinError,
     JoinTimeout,
     Mismatch,
@@ -86,6 +85,8 @@ from rankrun.job.control.store import (
     Stranger,
     announce,
     connect,
+    listen_queue_note,
+    open_files_for,
     read_job,
     serve,
     torch_distributed,
@@ -93,14 +94,17 @@ from rankrun.job.control.store import (
 
 __all__ = [
     "ERROR_TEXT_MAX",
+    "AttemptEnd",
     "BarrierTimeout",
     "ControlError",
     "DuplicateNodeRank",
+    "EndKind",
     "FailureFact",
     "Heartbeat",
     "JobInfo",
     "JobStore",
     "JoinError",
+    "Joined",
     "JoinTimeout",
     "Mismatch",
     "NodeInfo",
@@ -109,6 +113,9 @@ __all__ = [
     "Unresponsive",
     "announce",
     "attempt_ended",
+    "await_end",
+    "await_over",
+    "await_seen",
     "barrier",
     "bounded",
     "clear_rank_keys",
@@ -116,16 +123,20 @@ __all__ = [
     "command_line",
     "config_hash",
     "connect",
+    "declare_lost",
     "end_attempt",
     "failures",
     "first_failure",
     "gather_results",
     "interrupted",
     "join",
+    "listen_queue_note",
+    "open_files_for",
     "publish_failure",
     "publish_interrupt",
     "publish_result",
     "read_job",
+    "say_seen",
     "serve",
     "torch_distributed",
 ]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
-
-POLL = 0.05  # seconds between looks at a key that another agent will write
 
 
 class ControlError(Exception):
@@ -69,11 +66,27 @@ def peek(client: Any, key: str) -> bytes | None:
     return value
 
 
+def wait_for(client: Any, keys: list[str], timeout: float) -> bool:
+    """Block until every key in ``keys`` is set, or ``timeout`` passes (False).
+
+    The server answers the moment the last key is set: a push, not a poll. Against a stopped
+    or unreachable server it blocks past ``timeout`` (see the package's notes): call it from a
+    thread that may block, or through ``bounded``.
+    """
+    from datetime import timedelta
+
+    try:
+        client.wait(keys, timedelta(seconds=max(timeout, 0.001)))
+    except RuntimeError as e:
+        if type(e).__name__ == "DistStoreError" and "timeout" in str(e):
+            return False
+        raise
+    return True
+
+
 def wait_get(client: Any, key: str, timeout: float) -> bytes | None:
-    deadline = time.monotonic() + timeout
-    while (value := peek(client, key)) is None and time.monotonic() < deadline:
-        time.sleep(POLL)
-    return value
+    """The value of ``key`` once it is set, or None after ``timeout``."""
+    return client.get(key) if wait_for(client, [key], timeout) else None
 
 
 def dump(value: NamedTuple) -> str:

@@ -10,7 +10,12 @@ from rankrun.job.control.store import JobStore
 
 
 class Heartbeat:
-    """Each agent bumps ``hb/<node>``; a node whose counter stands still for ``timeout`` is lost.
+    """Each agent bumps its counter; node 0 alone reads them all, and a node whose counter
+    stands still for ``timeout`` is lost.
+
+    Per ``interval``, an agent makes one request (``add``) and node 0 one more (a
+    ``multi_get`` of every counter): O(1) for each agent, O(N) for node 0. An agent other than
+    node 0 judges node 0 only by whether its own calls succeed (``cut_off``).
 
     Owned by one thread, which calls ``tick()`` every ``interval`` seconds. Changes are timed
     with this agent's monotonic clock; no host clocks are compared. ``cut_off()`` reads only
@@ -33,9 +38,9 @@ class Heartbeat:
         self.timeout = timeout
         self.clock = clock
         self.error: str | None = None  # the last store error, while ticks fail
-        self._mine = store.key("hb", node_rank)
-        self._others = [r for r in range(nnodes) if r != node_rank]
-        self._keys = [store.key("hb", r) for r in self._others]
+        self._mine = store.keys.heartbeat(node_rank)
+        self._others = [r for r in range(nnodes) if r != node_rank] if node_rank == 0 else []
+        self._keys = [store.keys.heartbeat(r) for r in self._others]
         now = clock()
         self._last_ok = now
         self._seen: dict[int, tuple[bytes, float]] = {r: (b"", now) for r in self._others}
@@ -53,7 +58,8 @@ class Heartbeat:
         self._last_awake = now
 
     def tick(self) -> list[int]:
-        """Beat, look at the others, and return the nodes lost. Store errors are kept, not raised.
+        """Beat and, on node 0, look at the others: return the nodes lost. Store errors are
+        kept, not raised.
 
         May block for as long as the store does not answer (see ``cut_off``).
         """

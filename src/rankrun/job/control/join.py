@@ -1,4 +1,4 @@
-"""Joining: each agent claims its node rank, waits for the others, and checks they agree."""
+"""Joining: each agent claims its node rank; node 0 checks that the claims agree, and says go."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ import os
 import queue
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
-from rankrun.job.control.calls import POLL, Call, ControlError, Unresponsive, dump, first_line, load
+from rankrun.job.control.calls import (
+    Call,
+    ControlError,
+    Unresponsive,
+    dump,
+    first_line,
+    load,
+    wait_for,
+)
 from rankrun.job.control.store import (
     JOB_KEY_WAIT,
     JOIN_TIMEOUT,
@@ -23,6 +31,7 @@ from rankrun.job.control.store import (
 )
 
 ABORT_LINGER = 5.0  # how long node 0 keeps serving so that every agent reads an abort
+MISSING_SHOWN = 10  # node ranks named in a note or error about missing nodes
 
 
 class JoinError(ControlError):
@@ -84,29 +93,41 @@ def command_line(script: str, args: Sequence[str]) -> str:
     return shlex.join((script, *args))[:COMMAND_KEPT]
 
 
+class Joined(NamedTuple):
+    """What an agent knows once the job is formed."""
+
+    nodes: dict[int, NodeInfo]
+    """By node rank: every node on node 0; node 0 and this node on the others."""
+    opened: str
+    """What node 0 handed every agent with its go (the first attempt's workers' store)."""
+
+
 def join(
     store: JobStore,
     me: NodeInfo,
     timeout: float = JOIN_TIMEOUT,
-    on_wait: Callable[[list[int]], None] = lambda missing: None,
+    on_wait: Callable[[str], None] = lambda note: None,
     every: float = WAIT_NOTE_EVERY,
     command: str = "",
-) -> list[NodeInfo]:
-    """Claim ``me.node_rank``, wait for every node, and check that their settings agree.
+    opening: Callable[[], str] = lambda: "",
+) -> Joined:
+    """Claim ``me.node_rank`` and wait for node 0's verdict on the job.
 
-    ``command`` (``command_line()``) is kept beside the claim, out of it: read only when the
-    commands differ, so that nodes do not read every other node's command line.
+    Every agent claims its rank and waits on one key. Node 0 alone reads the claims, once all
+    are in, checks that they agree, calls ``opening()`` and publishes one verdict: go, with
+    what ``opening()`` returned, or the one-line error every agent raises. ``command``
+    (``command_line()``) is kept beside the claim, read only when the commands differ.
 
-    Returns every node's info, by node rank. Calls ``on_wait(missing node ranks)`` about every
-    ``every`` seconds while waiting. Raises ``Stranger`` (having written nothing) when the
-    store belongs to another run, or to this run after all its nodes joined; otherwise a
-    ``JoinError`` whose message is the same on every agent. Call it before any other thread
-    uses ``store``: it waits on keys. Its store operations run in a helper thread, so that a
-    stopped node 0 ends it as ``Unresponsive`` rather than blocking forever.
+    Calls ``on_wait(note)`` about every ``every`` seconds while waiting: node 0's note names
+    the missing nodes. Raises ``Stranger`` (having written nothing) when the store belongs to
+    another run, or to this run after all its nodes joined; otherwise a ``JoinError`` whose
+    message is the same on every agent. Call it before any other thread uses ``store``. Its
+    store operations run in a helper thread, so that a stopped node 0 ends it as
+    ``Unresponsive`` rather than blocking forever.
     """
     assert store.run_id == me.run_id, (store.run_id, me.run_id)
-    notes: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-    call = Call(lambda: _join(store, me, timeout, notes.put, every, command))
+    notes: queue.SimpleQueue[str] = queue.SimpleQueue()
+    call = Call(lambda: _join(store, me, timeout, notes.put, every, command, opening))
     limit = time.monotonic() + timeout + 2 * ABORT_LINGER + 30
     while not call.wait(min(1.0, max(0.0, limit - time.monotonic()))):
         _drain(notes, on_wait)
@@ -122,7 +143,7 @@ def join(
         ) from None
 
 
-def _drain(notes: queue.SimpleQueue[list[int]], on_wait: Callable[[list[int]], None]) -> None:
+def _drain(notes: queue.SimpleQueue[str], on_wait: Callable[[str], None]) -> None:
     while not notes.empty():
         on_wait(notes.get())
 
@@ -131,68 +152,94 @@ def _join(
     store: JobStore,
     me: NodeInfo,
     timeout: float,
-    on_wait: Callable[[list[int]], None],
+    on_wait: Callable[[str], None],
     every: float,
     command: str,
-) -> list[NodeInfo]:
+    opening: Callable[[], str],
+) -> Joined:
     deadline = time.monotonic() + timeout
-    job = read_job(store.client, min(timeout, JOB_KEY_WAIT))
+    keys, client = store.keys, store.client
+    job = read_job(client, min(timeout, JOB_KEY_WAIT))
     # Read first: a stranger must leave the job's keys as they are.
     if job.run_id != me.run_id:
         raise Stranger(held_by(job, f"this is job {me.run_id}"))
-    if store.client.check([store.key("join", "complete")]):
+    if client.check([keys.complete()]):
         raise Stranger(held_by(job, _late(job, me)))
     if me.node_rank >= job.nnodes:
         holder = me._replace(nnodes=job.nnodes, node_rank=0)
         message = _disagreement([holder, me], [0, me.node_rank])
         _abort(store, me, message, Mismatch, member=False)
     mine = dump(me)
-    held = store.client.compare_set(store.key("join", "claim", me.node_rank), "", mine)
+    held = client.compare_set(keys.claim(me.node_rank), "", mine)
     if held != mine.encode():
-        if store.client.check([store.key("join", "complete")]):
+        if client.check([keys.complete()]):
             raise Stranger(held_by(job, _late(job, me)))
         message = _duplicate(NodeInfo(**load(held)), me)
         _abort(store, me, message, DuplicateNodeRank, member=False)
-    store.client.set(store.key("join", "command", me.node_rank), command)
-    store.client.add(store.key("hb", me.node_rank), 1)  # every hb key exists once all joined
-    if store.client.add(store.key("join", "joined"), 1) == job.nnodes:
-        store.client.set(store.key("join", "complete"), "1")
-    _wait_all(store, me, job.nnodes, "joined", deadline, on_wait, every)
-    claims = [store.key("join", "claim", r) for r in range(job.nnodes)]
-    nodes = [NodeInfo(**load(raw)) for raw in store.client.multi_get(claims)]
-    message = _disagreement(nodes, list(range(job.nnodes)), lambda r: _commands(store, r))
-    if message:
-        _abort(store, me, message, Mismatch)
-    store.client.add(store.key("join", "agreed"), 1)
-    _wait_all(store, me, job.nnodes, "agreed", max(deadline, time.monotonic() + 30), None, every)
-    return nodes
+    client.set(keys.command(me.node_rank), command)
+    client.add(keys.heartbeat(me.node_rank), 1)  # node 0's multi_get finds every counter
+    if client.add(keys.joined(), 1) == job.nnodes:
+        client.set(keys.complete(), "1")
+        client.set(keys.news(), "1")
+    if me.node_rank == 0:
+        return _decide(store, me, job.nnodes, deadline, on_wait, every, opening)
+    return _await_verdict(store, me, job.nnodes, on_wait, every)
 
 
-def _wait_all(
+def _decide(
     store: JobStore,
     me: NodeInfo,
     nnodes: int,
-    counter: str,
     deadline: float,
-    on_wait: Callable[[list[int]], None] | None,
+    on_wait: Callable[[str], None],
     every: float,
-) -> None:
-    """Until ``counter`` reaches ``nnodes``; an abort or the deadline raises, on every agent."""
+    opening: Callable[[], str],
+) -> Joined:
+    """Node 0: wait for every claim (or an abort), read them once, and give the verdict."""
+    keys, client = store.keys, store.client
     next_note = time.monotonic() + every
-    while store.client.add(store.key("join", counter), 0) < nnodes:
-        _raise_abort(store, me)
+    while not wait_for(client, [keys.news()], min(next_note, deadline) - time.monotonic()):
         if time.monotonic() >= deadline:
+            _abort(store, me, _not_joined(_missing(store, nnodes)), JoinTimeout)
+        if time.monotonic() >= next_note:
             missing = _missing(store, nnodes)
-            _abort(store, me, _not_joined(missing, counter, me), JoinTimeout)
-        if on_wait is not None and time.monotonic() >= next_note:
-            on_wait(_missing(store, nnodes))
+            on_wait(_waiting_for(missing, nnodes))
             next_note += every
-        time.sleep(POLL)
-    _raise_abort(store, me)
+    if client.check([keys.verdict()]):  # an abort woke it
+        _raise_verdict(store, me)
+    claims = client.multi_get([keys.claim(r) for r in range(nnodes)])
+    nodes = [NodeInfo(**load(raw)) for raw in claims]
+    message = _disagreement(nodes, list(range(nnodes)), lambda r: _commands(store, r))
+    if message:
+        _abort(store, me, message, Mismatch)
+    go = json.dumps({"kind": "go", "node0": me._asdict(), "opened": opening()})
+    client.compare_set(keys.verdict(), "", go)
+    _raise_verdict(store, me)  # an abort that came first holds
+    return Joined({n.node_rank: n for n in nodes}, json.loads(go)["opened"])
+
+
+def _await_verdict(
+    store: JobStore, me: NodeInfo, nnodes: int, on_wait: Callable[[str], None], every: float
+) -> Joined:
+    """Any node but 0: block on the verdict; a note now and then says how many are missing."""
+    keys, client = store.keys, store.client
+    while not wait_for(client, [keys.verdict()], every):
+        joined = client.add(keys.joined(), 0)
+        on_wait(f"waiting for {nnodes - joined} of {nnodes} nodes to join (node 0 names them)")
+    verdict = _raise_verdict(store, me)
+    node0 = NodeInfo(**verdict["node0"])
+    return Joined({0: node0, me.node_rank: me}, verdict["opened"])
 
 
 def _missing(store: JobStore, nnodes: int) -> list[int]:
-    return [r for r in range(nnodes) if not store.client.check([store.key("join", "claim", r)])]
+    """Node 0 only, every ``every`` seconds while it waits: one check per node."""
+    return [r for r in range(nnodes) if not store.client.check([store.keys.claim(r)])]
+
+
+def _waiting_for(missing: list[int], nnodes: int) -> str:
+    shown = ", ".join(map(str, missing[:MISSING_SHOWN]))
+    more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    return f"waiting for node {shown}{more} to join ({len(missing)} of {nnodes:,} missing)"
 
 
 def _abort(
@@ -200,25 +247,27 @@ def _abort(
 ) -> NoReturn:
     """Publish ``message`` for every agent, unless another came first; raise the one held."""
     verdict = json.dumps({"kind": kind.__name__, "message": message})
-    store.client.compare_set(store.key("join", "abort"), "", verdict)
-    _raise_abort(store, me, member)
+    store.client.compare_set(store.keys.verdict(), "", verdict)
+    store.client.set(store.keys.news(), "1")
+    _raise_verdict(store, me, member)
     raise kind(message)  # not reached: the key is set now
 
 
-def _raise_abort(store: JobStore, me: NodeInfo, member: bool = True) -> None:
-    """Raise the published verdict, if there is one. ``member``: this agent holds its rank."""
-    key = store.key("join", "abort")
-    if not store.client.check([key]):
-        return
-    verdict = json.loads(store.client.get(key))
+def _raise_verdict(store: JobStore, me: NodeInfo, member: bool = True) -> dict[str, Any]:
+    """The published verdict: raised if it is an abort, returned if it is go.
+
+    ``member``: this agent holds its rank, and acknowledges an abort; node 0 serves until
+    every member has (its exit ends the store), for at most ``ABORT_LINGER``.
+    """
+    keys, client = store.keys, store.client
+    verdict: dict[str, Any] = json.loads(client.get(keys.verdict()))
+    if verdict["kind"] == "go":
+        return verdict
     kind = {c.__name__: c for c in (Mismatch, DuplicateNodeRank, JoinTimeout)}[verdict["kind"]]
-    acked = store.client.add(store.key("join", "acked"), 1 if member else 0)
-    if member and me.node_rank == 0:  # its exit ends the store: let the others read it first
-        joined = store.client.add(store.key("join", "joined"), 0)
-        linger = time.monotonic() + ABORT_LINGER
-        while acked < joined and time.monotonic() < linger:
-            time.sleep(POLL)
-            acked = store.client.add(store.key("join", "acked"), 0)
+    if member and client.add(keys.acked(), 1) >= client.add(keys.joined(), 0):
+        client.set(keys.acked_all(), "1")
+    if member and me.node_rank == 0:
+        wait_for(client, [keys.acked_all()], ABORT_LINGER)
     raise kind(verdict["message"])
 
 
@@ -256,7 +305,7 @@ def _disagreement(
 
 
 def _commands(store: JobStore, ranks: list[int]) -> list[str]:
-    keys = [store.key("join", "command", r) for r in ranks]
+    keys = [store.keys.command(r) for r in ranks]
     if not store.client.check(keys):  # a node of a version that kept none: get would wait
         return [""] * len(keys)
     return [raw.decode(errors="replace") for raw in store.client.multi_get(keys)]
@@ -283,11 +332,10 @@ def _duplicate(first: NodeInfo, second: NodeInfo) -> str:
     )
 
 
-def _not_joined(missing: list[int], counter: str, me: NodeInfo) -> str:
-    if counter == "joined" and missing:
-        nodes = ", ".join(map(str, missing))
-        return f"node {nodes} did not join within the timeout: is rankrun started on every node?"
-    return f"the nodes did not all confirm their settings in time (seen by node {me.node_rank})"
+def _not_joined(missing: list[int]) -> str:
+    nodes = ", ".join(map(str, missing[:MISSING_SHOWN]))
+    more = f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    return f"node {nodes}{more} did not join within the timeout: is rankrun started on every node?"
 
 
 def _late(job: JobInfo, me: NodeInfo) -> str:

@@ -22,6 +22,7 @@ from rankrun.job.control.calls import (
     load,
     wait_get,
 )
+from rankrun.job.control.keys import JOB, Keys
 from rankrun.run.watch import TERMINATING
 
 JOIN_TIMEOUT = 600.0
@@ -50,8 +51,9 @@ class JobStore(NamedTuple):
     client: Any
     run_id: str
 
-    def key(self, *parts: object) -> str:
-        return "/".join(("rankrun", self.run_id, *(str(p) for p in parts)))
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.run_id)
 
     def clone(self) -> JobStore:
         """The same store over a connection of its own, for a thread that waits on keys."""
@@ -109,6 +111,36 @@ def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
         ) from None
 
 
+def listen_queue_note(nnodes: int) -> str | None:
+    """Node 0: a line to print when this host's listen queue is shorter than the job's burst
+    of connections (each agent opens two). Past it, connections wait and retry in seconds."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):
+        return None  # not Linux: the platform's default, unknown
+    wanted = 2 * nnodes
+    if wanted <= limit:
+        return None
+    return (
+        f"this host's listen queue (net.core.somaxconn) is {limit}, fewer than the {wanted} "
+        f"connections {nnodes} nodes make at once; joining will be slow: raise it on node 0 "
+        f"with sysctl -w net.core.somaxconn={1 << (wanted - 1).bit_length()}"
+    )
+
+
+def open_files_for(connections: int) -> None:
+    """Node 0: raise this process's open-file limit, up to its hard limit, so that the store
+    can hold every agent's connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, top), hard))
+
+
 def connect(
     addr: str,
     port: int,
@@ -131,7 +163,8 @@ def connect(
     deadline = time.monotonic() + timeout
     next_note = time.monotonic() + every
     pending: Call[Any] | None = None
-    started = 0.0
+    started = retry_at = 0.0
+    failed = 0
     why = "nothing answers there yet"
     while True:
         now = time.monotonic()
@@ -140,18 +173,21 @@ def connect(
                 f"node 0's store at {addr}:{port} did not answer within {timeout:g} s ({why}): "
                 "is node 0 started, and are --master-addr and --master-port the same on every node?"
             )
-        if pending is None:
+        if pending is None and now >= retry_at:
             # A try lasts about 1.4 times its limit: a third of ``every`` ends it before the
             # next note, so that each note says what the last try met.
             seconds = min(every / 3, deadline - now)
             pending, started = Call(_client(dist, addr, port, seconds)), now
-        if pending.wait(min(1.0, max(0.0, deadline - now))):
+        if pending is None:
+            time.sleep(min(retry_at, deadline) - now)
+        elif pending.wait(min(1.0, max(0.0, deadline - now))):
             try:
                 client = pending.result()
                 client.set_timeout(timedelta(seconds=op_timeout))
                 return client
             except RuntimeError as e:
-                pending, why = None, _why(e)
+                pending, why, failed = None, _why(e), failed + 1
+                retry_at = time.monotonic() + backoff(failed)
         elif now - started > 3 * every + 5:
             # torch's own retries of a refused connection outlast their timeout, 1.3 to 1.9
             # times unloaded: only a try far past that has met a listener that never answers.
@@ -159,6 +195,16 @@ def connect(
         if time.monotonic() >= next_note:
             on_wait(f"waiting for node 0 at {addr}:{port} ({why})")
             next_note += every
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next try after ``failures`` failed ones: doubling from 50 ms up to
+    2 s, each drawn from its upper half, so that thousands of agents turned away at once
+    (node 0 not up yet, its listen queue full) come back spread out, not together."""
+    import random
+
+    ceiling = min(2.0, 0.05 * 2 ** min(failures, 6))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def _client(dist: Any, addr: str, port: int, seconds: float) -> Callable[[], Any]:
@@ -187,7 +233,7 @@ def announce(client: Any, job: JobInfo) -> None:
     rankrun job, the key is already there, and it is left as it is.
     """
     mine = dump(job)
-    held = client.compare_set("rankrun/job", "", mine)
+    held = client.compare_set(JOB, "", mine)
     if held != mine.encode():
         other = JobInfo(**load(held))
         raise Stranger(
@@ -197,7 +243,7 @@ def announce(client: Any, job: JobInfo) -> None:
 
 def read_job(client: Any, timeout: float = JOB_KEY_WAIT) -> JobInfo:
     """The job that holds the store; an agent without --rdzv-id adopts its run id."""
-    raw = wait_get(client, "rankrun/job", timeout)
+    raw = wait_get(client, JOB, timeout)
     if raw is None:
         raise Stranger(
             "the store at --master-addr:--master-port holds no rankrun job: another program's "
