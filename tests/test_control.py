@@ -22,6 +22,7 @@ from conftest import Runs, wait_until
 from netns import Hosts, make_hosts_fixture  # noqa: F401
 
 from rankrun.job import control
+from rankrun.output.outcome import Ending, RankResult
 from rankrun.plan.ports import free_port
 
 pytest.importorskip("torch.distributed")
@@ -398,7 +399,7 @@ def test_attempt_end_first_reason_holds_and_wakes_every_waiter() -> None:
 def test_the_last_result_concludes_the_attempt_and_lost_nodes_do_too() -> None:
     job = Job(3)
     stores = [job.store() for _ in range(3)]
-    rows = ({"rank": 0, "exit_code": 0},)
+    rows = (RankResult(0, 0, 10, 1.0, Ending(0, None, 2.0)),)
     for r in (0, 1):
         control.publish_result(stores[r], 0, control.NodeResult(r, f"h{r}", 10 + r, 0, rows), 3)
     assert control.await_over(stores[0], 0, timeout=0.2) is None
@@ -439,7 +440,7 @@ def test_barrier_results_and_rank_keys() -> None:
     with pytest.raises(control.BarrierTimeout, match="node 1, 2 did not reach restart-2"):
         control.barrier(stores[0], "restart-2", 0, 3, timeout=0.5)
 
-    rows = ({"rank": 0, "exit_code": 0},)
+    rows = (RankResult(0, 0, 10, 1.0, Ending(0, None, 2.0)),)
     control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows), 3)
     control.publish_result(stores[2], 1, control.NodeResult(2, "h2", 12, 1, rows), 3)
     t0 = time.monotonic()

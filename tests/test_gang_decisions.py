@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import pytest
 
+from rankrun.job.job import Job
 from rankrun.output.outcome import Ending, RankResult
 from rankrun.plan.options import Options
 from rankrun.plan.plan import RankSpec, build_plan
-from rankrun.run.gang import Gang, NoStacks, run_attempts
+from rankrun.run.gang import Gang, NoStacks
 from rankrun.run.rank import SpawnError
 from rankrun.run.watch import Event, Exited, Signalled
 
@@ -230,7 +231,8 @@ def test_a_helper_left_by_a_rank_that_exited_0_is_ended() -> None:
 def test_restarts_run_the_gang_again_until_they_run_out(restarts: int, expected: int) -> None:
     batches = [(0.1, [exit_(100, 4)])] * expected
     host = ScriptedHost(batches)
-    outcome = run_attempts(plan(1, max_restarts=restarts), host, Events())  # type: ignore[arg-type]
+    job = Job(plan(1, max_restarts=restarts))
+    outcome = job.run(host, Events())  # type: ignore[arg-type]
     assert [a.number for a in outcome.attempts] == list(range(expected))
     assert outcome.exit_code == 4
 

@@ -97,7 +97,28 @@ def test_a_failure_on_one_node_ends_every_node_with_its_code(runs: Runs) -> None
     assert "node 0 (" in report and "node 1 (" in report
     assert "Connection closed" not in report
     assert "the job ended: rank 3 on node 1" in _last(err1)[-1]
-    assert (runs.workdir / "s.json").exists()
+    both = json.loads((runs.workdir / "s.json").read_text())
+    assert both["root_cause"]["rank"] == 3 and both["root_cause"]["node_rank"] == 1
+    assert "exit(7)" in both["root_cause"]["error"] or both["root_cause"]["exit_code"] == 7
+    assert [n["node_rank"] for n in both["nodes"]] == [0, 1]
+    assert [r["rank"] for r in both["attempts"][-1]["ranks"]] == [0, 1, 2, 3]
+    # one node, the same failure: the same schema
+    one = runs.gang(4, "--summary-json", "one.json", "rank.py")  # FAIL_RANK=3 is still set
+    assert one.returncode == 7, one.stderr
+    alone = json.loads((runs.workdir / "one.json").read_text())
+    assert _schema(alone) == _schema(both)
+
+
+def _schema(summary: dict) -> dict:
+    """The keys of a summary, its root cause, its attempts, its rank rows and its nodes."""
+    attempt = summary["attempts"][-1]
+    return {
+        "top": sorted(summary),
+        "root_cause": sorted(summary["root_cause"]),
+        "attempt": sorted(attempt),
+        "rank": sorted(attempt["ranks"][0]),
+        "node": sorted(summary["nodes"][0]),
+    }
 
 
 @pytest.mark.parametrize("what", ["nproc", "node_rank", "command"])

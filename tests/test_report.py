@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from rankrun.output.outcome import Attempt, Ending, OomVerdict, Outcome, RankResult
+from rankrun.output.outcome import Attempt, Ending, JobOutcome, OomVerdict, Outcome, RankResult
 from rankrun.output.report import (
     cuda_error_line,
     error_lines,
@@ -12,6 +12,10 @@ from rankrun.output.report import (
     others_line,
     root_cause_line,
 )
+
+
+def _job(outcome: Outcome, hostname: str) -> JobOutcome:
+    return JobOutcome.of_node(outcome, hostname, 1)
 
 
 def _result(rank: int, *, code: int | None = 0, sig: int | None = None, terminated: bool = False,
@@ -77,7 +81,7 @@ def test_a_long_traceback_keeps_its_head_and_its_end() -> None:
 
 def test_signal_death_is_named_with_its_meaning_and_code() -> None:
     cause = _result(1, code=None, sig=signal.SIGSEGV)
-    report = format_report(Outcome((Attempt(0, (_result(0), cause), cause),)), "node7")
+    report = format_report(_job(Outcome((Attempt(0, (_result(0), cause), cause),)), "node7"))
     assert report[0] == (
         "root cause: rank 1 (local rank 1, host node7, pid 101) was killed by "
         "SIGSEGV (a crash in native code) after 2.50 s"
@@ -86,7 +90,7 @@ def test_signal_death_is_named_with_its_meaning_and_code() -> None:
 
 
 def test_a_clean_run_has_no_report() -> None:
-    assert format_report(Outcome((Attempt(0, (_result(0), _result(1)), None),)), "h") == []
+    assert format_report(_job(Outcome((Attempt(0, (_result(0), _result(1)), None),)), "h")) == []
 
 
 def test_faulthandler_stacks_after_a_native_crash_are_the_error() -> None:
@@ -115,7 +119,7 @@ def test_an_interrupt_closes_with_what_every_rank_did() -> None:
         _result(1, code=130, terminated=True),
     )
     outcome = Outcome((Attempt(0, ranks, None, signal.SIGINT),))
-    assert format_report(outcome, "node7") == [
+    assert format_report(_job(outcome, "node7")) == [
         "stopped: rankrun got SIGINT",
         "others: terminated (SIGINT): 0; exited with code 130 during the teardown: 1",
         "exit code 130",
@@ -125,7 +129,9 @@ def test_an_interrupt_closes_with_what_every_rank_did() -> None:
 def test_the_report_names_the_gpu_and_a_cuda_error() -> None:
     tail = "RuntimeError: CUDA error: an illegal memory access was encountered\n"
     result = RankResult(3, 1, 42, 0.0, Ending(1, None, 2.5), tail, None, "cuda:1 (0000:3b:00.0)")
-    assert "GPU cuda:1 (0000:3b:00.0)) exited with code 1" in root_cause_line(result, "h")
+    assert "GPU cuda:1 (0000:3b:00.0)) exited with code 1" in root_cause_line(
+        result, _job(Outcome((Attempt(0, (result,), result),)), "h")
+    )
     assert cuda_error_line(result) == (
         "  (a CUDA error on cuda:1 (0000:3b:00.0): look at that GPU, or rerun with "
         "CUDA_LAUNCH_BLOCKING=1)"

@@ -18,7 +18,16 @@ from typing import Any, TypeVar
 from rankrun.base.errors import UsageError
 from rankrun.job import control
 from rankrun.job.link import Link
-from rankrun.output.outcome import Attempt, Halt, Outcome, signal_name
+from rankrun.output.outcome import (
+    Attempt,
+    Ending,
+    Halt,
+    JobOutcome,
+    NodeRecord,
+    Outcome,
+    RankResult,
+    signal_name,
+)
 from rankrun.output.printer import Printer
 from rankrun.plan.layout import Layout
 from rankrun.plan.plan import Plan
@@ -36,6 +45,8 @@ class Agent:
         self._server = server  # node 0's store: it serves as long as this object lives
         self._workers = workers  # node 0's store for the attempt's ranks
         self._opened = joined.opened  # the first attempt's workers' store port
+        self._job_attempts: list[Attempt] = []  # node 0: each attempt across every node
+        self._results: dict[int, control.NodeResult] = {}  # node 0: the last attempt's
         self.link = Link(store, joined.nodes, plan.node_rank, plan.nnodes,
                          plan.rendezvous.node_timeout)  # fmt: skip
 
@@ -91,32 +102,28 @@ class Agent:
             printer.event(f"joined {plan.nnodes} nodes as {me_in}")
         return cls(plan, store, joined, server, workers[0] if workers else None)
 
-    def run(self, host: Host, printer: Printer) -> Outcome:
-        """Every attempt of the job, restarted on every node together."""
+    def listen(self, host: Host) -> None:
+        """From now on, the job's news wakes the host's loop."""
         host.add_source(self.link.fd, self.link.take)
-        attempts: list[Attempt] = []
-        try:
-            for number in range(self.plan.max_restarts + 1):
-                if number:
-                    printer.event(f"restart {number} of {self.plan.max_restarts}")
-                attempt = self._attempt(number, host, printer)
-                attempts.append(attempt)
-                if not self._restarts(number):
-                    break
-                self._opened = control.barrier(
-                    self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
-                    self.plan.rendezvous.join_timeout, self._open_workers,
-                )  # fmt: skip
-        finally:
-            host.remove_source(self.link.fd)
-        return Outcome(tuple(attempts))
+
+    def stop_listening(self, host: Host) -> None:
+        host.remove_source(self.link.fd)
+
+    def meet_again(self, number: int) -> None:
+        """Between attempts: every node at the barrier; node 0 opens it with a fresh store
+        for the next attempt's ranks."""
+        self._opened = control.barrier(
+            self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
+            self.plan.rendezvous.join_timeout, self._open_workers,
+        )  # fmt: skip
 
     def _open_workers(self) -> str:
         """Node 0, once every node is at the restart barrier: a fresh store for the ranks."""
         self._workers = control.serve(self.plan.rendezvous.master_addr, 0)
         return str(self._workers.port)
 
-    def _attempt(self, number: int, host: Host, printer: Printer) -> Attempt:
+    def attempt(self, number: int, host: Host, printer: Printer) -> Attempt:
+        """This node's part of attempt ``number``, once every node has ended it."""
         self.link.attempt_number = number
         meeting = self.plan.rendezvous._replace(master_port=int(self._opened))
         plan = self.plan._replace(rendezvous=meeting)
@@ -133,14 +140,14 @@ class Agent:
         elif self.link.cut_off and attempt.exit_code == 0:
             # This node's ranks finished, but the job did not: it may not end 0.
             attempt = attempt._replace(halted=Halt(self.link.cut_off_reason(), 1))
+        if self.plan.node_rank == 0 and not self.link.cut_off:
+            self._job_attempts.append(self._job_attempt(attempt, end))
         return attempt
 
     def _result(self, attempt: Attempt) -> control.NodeResult:
-        from rankrun.output.summary import rank_row
-
-        rows = tuple(rank_row(r) for r in attempt.ranks)
         name = self.nodes[self.plan.node_rank].hostname
-        return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, rows)
+        ranks = attempt.ranks
+        return control.NodeResult(self.plan.node_rank, name, os.getpid(), attempt.exit_code, ranks)
 
     def _await_job(self, number: int, host: Host) -> tuple[control.AttemptEnd | None, int | None]:
         """Wait for every node to end the attempt; return how the job's attempt ended, and the
@@ -178,52 +185,51 @@ class Agent:
         except (control.ControlError, RuntimeError):
             return None  # cut off now: the other nodes declare this one lost
 
-    def conclude(
-        self, outcome: Outcome, printer: Printer, summary: str | None, quiet: bool = False
-    ) -> None:
-        """Node 0: one report for the whole job. Other nodes: one line on how it ended."""
-        from rankrun.job.job_report import finished_job_line, job_report, other_node_line
-
-        number = len(outcome.attempts) - 1
-        end = self.link.ends.get(number)
-        if self.link.cut_off:
-            self._conclude_alone(outcome, printer, summary)
-            return
-        if self.plan.node_rank != 0:
-            signum = outcome.attempts[-1].interrupted_by
-            if end is not None and end.kind != control.EndKind.DONE:
-                printer.event(other_node_line(end, self.nodes[0], outcome.exit_code))
-            elif signum is not None:
-                printer.event(f"stopped: {signal_name(signum)}; exit code {outcome.exit_code}")
-            return
-        results = self._gather(number)
-        root = None
+    def _job_attempt(self, attempt: Attempt, end: control.AttemptEnd | None) -> Attempt:
+        """Node 0: the attempt across every node, from the store's facts: every node's ranks,
+        and the root cause the store recorded first, never the earliest by a host's clock."""
+        number = attempt.number
+        self._results = self._gather(number)
+        ranks = [r for n, res in sorted(self._results.items()) if n != 0 for r in res.ranks]
+        ranks = sorted([*attempt.ranks, *ranks], key=lambda r: r.rank)
+        cause = None
         if end is not None and end.kind == control.EndKind.FAILURE:
             root = control.first_failure(self.store, number)
-        lines = job_report(outcome, end, root, results, self.nodes)
-        if not lines and outcome.ok and len(results) == len(self.nodes) and not quiet:
-            lines = [finished_job_line(results)]
-        for line in lines:
-            printer.event(line)
-        if summary is not None:
-            from rankrun.job.job_report import write_job_summary
+            if root is not None:
+                cause = _root_cause(root, ranks)
+        halted = attempt.halted if cause is None else None
+        return attempt._replace(ranks=tuple(ranks), cause=cause, halted=halted)
 
-            write_job_summary(summary, self.plan.run_id, outcome, root, results)
+    def conclude(self, outcome: Outcome, printer: Printer) -> JobOutcome | None:
+        """Node 0: the whole job, for its one report. Other nodes: one line on how it ended,
+        and None; a node cut off from the job reports its own ranks."""
+        if self.link.cut_off:
+            return self._conclude_alone(outcome)
+        if self.plan.node_rank != 0:
+            end = self.link.ends.get(len(outcome.attempts) - 1)
+            signum = outcome.attempts[-1].interrupted_by
+            if end is not None and end.kind != control.EndKind.DONE:
+                node0 = self.nodes[0]
+                printer.event(f"the job ended: {end.reason}; node 0 ({node0.hostname}) has the "
+                              f"report; exit code {outcome.exit_code}")  # fmt: skip
+            elif signum is not None:
+                printer.event(f"stopped: {signal_name(signum)}; exit code {outcome.exit_code}")
+            return None
+        nodes = tuple(
+            NodeRecord(r, n.hostname, n.pid, _exit_code(self._results.get(r)))
+            for r, n in sorted(self.nodes.items())
+        )
+        return JobOutcome(nodes, tuple(self._job_attempts), outcome.exit_code)
 
-    def _conclude_alone(self, outcome: Outcome, printer: Printer, summary: str | None) -> None:
+    def _conclude_alone(self, outcome: Outcome) -> JobOutcome:
         """A node cut off from the job reports only its own ranks, and says so."""
-        halted = outcome.attempts[-1].halted
-        reason = halted.reason if halted else "cut off from the job"
-        printer.event(f"stopped: {reason}; no report of the other nodes")
-        printer.event(f"exit code {outcome.exit_code}")
-        if summary is not None:
-            from rankrun.output.summary import write_summary
-
-            hostname = self.nodes[self.plan.node_rank].hostname
-            try:
-                write_summary(summary, outcome, hostname, self.plan.run_id)
-            except OSError as e:
-                printer.event(f"could not write --summary-json {summary}: {e.strerror}")
+        last = outcome.attempts[-1]
+        if last.halted is not None:
+            reason = f"{last.halted.reason}; no report of the other nodes"
+            last = last._replace(halted=last.halted._replace(reason=reason))
+        me = self.nodes[self.plan.node_rank]
+        alone = Outcome((*outcome.attempts[:-1], last))
+        return JobOutcome.of_node(alone, me.hostname, me.pid, me.node_rank)
 
     def _gather(self, number: int) -> dict[int, control.NodeResult]:
         """Node 0: every node's result, and every node's word that it saw the end, so that
@@ -234,7 +240,7 @@ class Agent:
         control.await_seen(self.store, number, len(results), 5.0)
         return results
 
-    def _restarts(self, number: int) -> bool:
+    def restarts(self, number: int) -> bool:
         """Whether the job restarts after attempt ``number``: a failure, with restarts left."""
         end = self.link.ends.get(number)
         if end is None or end.kind != control.EndKind.FAILURE:
@@ -273,6 +279,21 @@ def _restore_name_lookups() -> None:
     if _res_options_set and os.environ.get("RES_OPTIONS") == _RES_OPTIONS:
         del os.environ["RES_OPTIONS"]
     _res_options_set = False
+
+
+def _root_cause(root: control.FailureFact, ranks: list[RankResult]) -> RankResult:
+    """The rank the store recorded first, as its node reported it; from the fact alone when
+    its node published no result (lost after the failure)."""
+    for r in ranks:
+        if (r.node_rank, r.rank) == (root.node_rank, root.rank):
+            return r
+    ending = Ending(root.exit_code, root.signal, root.duration)
+    return RankResult(root.rank, root.local_rank, root.pid, 0.0, ending, root.error_text,
+                      node_rank=root.node_rank)  # fmt: skip
+
+
+def _exit_code(result: control.NodeResult | None) -> int | None:
+    return None if result is None else result.exit_code
 
 
 def _with_run_id(plan: Plan, run_id: str) -> Plan:

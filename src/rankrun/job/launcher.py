@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 
 from rankrun.base.errors import UsageError
 from rankrun.base.quoting import quote
-from rankrun.output.outcome import Outcome, finished_line, signal_name
+from rankrun.job.job import Job
+from rankrun.output.outcome import Outcome, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.options import Options
 from rankrun.plan.plan import Plan, build_plan, default_error_dir, usable_cpus
-from rankrun.run.gang import run_attempts
 from rankrun.run.host import Host
 from rankrun.run.watch import Interrupted, forget_interrupt
 
@@ -63,16 +63,11 @@ def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> O
         _announce(plan, options, printer)
         grace, nproc = plan.shutdown_timeout, plan.nproc_per_node
         with Host(printer, grace, nproc, plan.token) as host:
-            if agent is None:
-                outcome = run_attempts(plan, host, printer)
-            else:
-                outcome = agent.run(host, printer)
+            job = Job(plan, agent)
+            outcome = job.run(host, printer)
             _end_escaped(host, printer)
             host.raise_on_terminating()
-            if agent is None:
-                _conclude(outcome, plan, options, printer)
-            else:
-                agent.conclude(outcome, printer, options.summary_json, options.quiet)
+            job.conclude(outcome, printer, options.summary_json, options.quiet)
     except Interrupted as e:
         if outcome is None:
             raise
@@ -151,25 +146,3 @@ def _announce(plan: Plan, options: Options, printer: Printer) -> None:
             f"OMP_NUM_THREADS={plan.omp_num_threads} for each rank ({usable_cpus()} "
             f"usable CPUs / {plan.nproc_per_node} local ranks); set it to choose another"
         )
-
-
-def _conclude(outcome: Outcome, plan: Plan, options: Options, printer: Printer) -> None:
-    if outcome.ok and len(outcome.attempts) == 1:
-        # One rank stays as silent as the python it replaces.
-        if plan.world_size > 1 and not options.quiet:
-            printer.event(finished_line(outcome.ranks))
-        if options.summary_json is None:
-            return
-    from rankrun.output.report import format_report
-
-    hostname = os.uname().nodename
-    for line in format_report(outcome, hostname):
-        printer.event(line)
-    if options.summary_json is not None:
-        from rankrun.output.summary import write_summary
-
-        try:
-            write_summary(options.summary_json, outcome, hostname, plan.run_id)
-        except OSError as e:
-            path = quote(options.summary_json)
-            printer.event(f"could not write --summary-json {path}: {e.strerror}")

@@ -125,6 +125,7 @@ class RankResult(NamedTuple):
     """The rank's TORCHELASTIC_ERROR_FILE, which torch's ``@record`` writes on an exception."""
     gpu: str | None = None
     """The GPU its local rank names, ``cuda:N (PCI bus id)``, on a node with GPUs."""
+    node_rank: int = 0
 
     @property
     def exit_code(self) -> int | None:
@@ -204,9 +205,52 @@ class Outcome(NamedTuple):
         return self.exit_code == 0
 
 
-def finished_line(ranks: tuple[RankResult, ...]) -> str:
+class NodeRecord(NamedTuple):
+    """One node of a job, as its report names it."""
+
+    node_rank: int
+    hostname: str
+    pid: int
+    """Its launcher's, or its agent's."""
+    exit_code: int | None
+    """None when it published no result: lost, or too late."""
+
+
+class JobOutcome(NamedTuple):
+    """A whole job, as it is reported: every node, and every attempt with the ranks of every
+    node that reported, its ``cause`` the job's root cause. One node is the case of one
+    record; node 0 of a multi-node job builds it from the store's facts."""
+
+    nodes: tuple[NodeRecord, ...]
+    attempts: tuple[Attempt, ...]
+    exit_code: int
+    """This node's: node 0's for the whole job."""
+
+    @classmethod
+    def of_node(cls, outcome: Outcome, hostname: str, pid: int, node_rank: int = 0) -> JobOutcome:
+        node = NodeRecord(node_rank, hostname, pid, outcome.exit_code)
+        return cls((node,), outcome.attempts, outcome.exit_code)
+
+    @property
+    def ranks(self) -> tuple[RankResult, ...]:
+        return self.attempts[-1].ranks
+
+    def hostname(self, node_rank: int) -> str:
+        return next((n.hostname for n in self.nodes if n.node_rank == node_rank), "?")
+
+    @property
+    def host(self) -> str:
+        """The reporting node's host."""
+        return self.nodes[0].hostname
+
+
+def finished_line(job: JobOutcome) -> str:
     """How long the ranks ran, from the first start to the last end: ``4 ranks exited 0 in
-    13.9 s``."""
-    ran = [r for r in ranks if r.pid is not None]
-    took = max(r.ended_at for r in ran) - min(r.started_at for r in ran) if ran else 0.0
-    return f"{len(ranks)} ranks exited 0 in {took:.1f} s"
+    13.9 s``; across nodes, the longest node's, each timed by its own clock."""
+    spans = []
+    for node in job.nodes:
+        ran = [r for r in job.ranks if r.pid is not None and r.node_rank == node.node_rank]
+        if ran:
+            spans.append(max(r.ended_at for r in ran) - min(r.started_at for r in ran))
+    on = f" on {len(job.nodes)} nodes" if len(job.nodes) > 1 else ""
+    return f"{len(job.ranks)} ranks{on} exited 0 in {max(spans, default=0.0):.1f} s"

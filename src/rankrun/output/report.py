@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rankrun.output.outcome import Attempt, Outcome, RankResult, signal_name
+from rankrun.output.outcome import Attempt, JobOutcome, NodeRecord, RankResult, signal_name
 
 _TAIL_LINES = 20
 _MAX_TRACEBACK_LINES = 40
@@ -13,14 +13,15 @@ _TORCH_LABEL = re.compile(r"^\[rank\d+\]: ?")
 _ERROR_STARTS = ("Traceback (most recent", "Fatal Python error: ")
 
 
-def format_report(outcome: Outcome, hostname: str) -> list[str]:
-    """The lines that close a run; none when every rank exited 0 on the first attempt."""
-    last = outcome.attempts[-1]
+def format_report(job: JobOutcome) -> list[str]:
+    """The lines that close a run, on one node or node 0 of many; none when every rank of
+    every node exited 0 on the first attempt."""
+    last = job.attempts[-1]
     lines: list[str] = []
-    if len(outcome.attempts) > 1:
-        lines.extend(attempt_line(a) for a in outcome.attempts)
+    if len(job.attempts) > 1:
+        lines.extend(attempt_line(a) for a in job.attempts)
     if last.cause is not None:
-        lines.append(root_cause_line(last.cause, hostname))
+        lines.append(root_cause_line(last.cause, job))
         lines.extend(f"  {line}" for line in error_lines(last.cause))
         cuda = cuda_error_line(last.cause)
         if cuda is not None:
@@ -40,20 +41,43 @@ def format_report(outcome: Outcome, hostname: str) -> list[str]:
     elif last.interrupted_by is not None:
         lines.append(f"stopped: rankrun got {signal_name(last.interrupted_by)}")
         lines.append(others_line(last))
+    if len(job.nodes) > 1 and (lines or any(n.exit_code for n in job.nodes)):
+        lines.extend(node_line(n, last) for n in job.nodes)
     if lines:
         lines.extend(stuck_lines(last))
-        lines.append(f"exit code {outcome.exit_code}")
+        lines.append(f"exit code {job.exit_code}")
     return lines
 
 
-def root_cause_line(result: RankResult, hostname: str) -> str:
+def root_cause_line(result: RankResult, job: JobOutcome) -> str:
+    node = f", node {result.node_rank}" if len(job.nodes) > 1 else ""
     pid = f", pid {result.pid}" if result.pid is not None else ""
     gpu = f", GPU {result.gpu}" if result.gpu else ""
     return (
-        f"root cause: rank {result.rank} (local rank {result.local_rank}, "
-        f"host {hostname}{pid}{gpu}) "
+        f"root cause: rank {result.rank} (local rank {result.local_rank}{node}, "
+        f"host {job.hostname(result.node_rank)}{pid}{gpu}) "
         f"{result.ending.words()} after {result.duration:.2f} s"
     )
+
+
+def node_line(node: NodeRecord, attempt: Attempt) -> str:
+    """``node 1 (h1, pid 7): failed: 3; terminated (SIGTERM): 2``."""
+    who = f"node {node.node_rank} ({node.hostname}, pid {node.pid})"
+    if node.exit_code is None:
+        return f"{who}: no result: lost, or it did not finish in time"
+    groups: dict[str, list[RankResult]] = {}
+    for r in attempt.ranks:
+        if r.node_rank == node.node_rank:
+            groups.setdefault(_state(r), []).append(r)
+    return f"{who}: " + "; ".join(f"{what}: {_ranks(rs)}" for what, rs in groups.items())
+
+
+def _state(r: RankResult) -> str:
+    if r.failed:
+        return "failed"
+    if r.terminated:
+        return f"terminated ({signal_name(r.signal)})" if r.signal is not None else "terminated"
+    return "exited"
 
 
 def cuda_error_line(result: RankResult) -> str | None:
@@ -68,6 +92,8 @@ def cuda_error_line(result: RankResult) -> str | None:
 def attempt_line(attempt: Attempt) -> str:
     if attempt.cause is not None:
         what = f"rank {attempt.cause.rank} {attempt.cause.ending.words()}"
+    elif attempt.halted is not None:
+        what = attempt.halted.reason
     elif attempt.launcher_error is not None:
         what = attempt.launcher_error
     elif attempt.interrupted_by is not None:

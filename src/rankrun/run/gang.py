@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from rankrun.output.outcome import Attempt, Ending, Halt, Outcome, RankResult, signal_name
+from rankrun.output.outcome import Attempt, Ending, Halt, RankResult, signal_name
 from rankrun.output.printer import Printer
 from rankrun.plan.plan import Plan, RankSpec
 from rankrun.run.rank import LauncherError, SpawnError
@@ -65,19 +65,6 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def failed(self, result: RankResult) -> None: ...
         def interrupted(self, signum: int) -> None: ...
         def halted(self, halt: Halt) -> None: ...
-
-
-def run_attempts(plan: Plan, host: Host, printer: Printer) -> Outcome:
-    """Run the gang, and again after a failure while restarts are left."""
-    attempts: list[Attempt] = []
-    for number in range(plan.max_restarts + 1):
-        if number:
-            printer.event(f"restart {number} of {plan.max_restarts}")
-        attempt = Gang(plan, number, host, printer).supervise()
-        attempts.append(attempt)
-        if attempt.exit_code == 0 or attempt.interrupted_by or attempt.launcher_error:
-            break
-    return Outcome(tuple(attempts))
 
 
 class _Member:
@@ -360,5 +347,6 @@ class Gang:
             ending = Ending(None, None, self.host.wall_clock(), terminated=True)
         if not member.pid:
             spec = member.spec
-            return RankResult(spec.rank, spec.local_rank, None, ending.at, ending)
+            return RankResult(spec.rank, spec.local_rank, None, ending.at, ending,
+                              node_rank=spec.node_rank)  # fmt: skip
         return self.host.result(member.pid, ending)

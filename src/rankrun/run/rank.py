@@ -165,6 +165,7 @@ class Rank:
             stderr_tail=self.stderr_tail(),
             error_file=self.spec.error_file,
             gpu=self.spec.gpu,
+            node_rank=self.spec.node_rank,
         )
 
     def stderr_tail(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from rankrun.job.control.calls import ControlError, bounded, dump, load, peek, wait_for
 from rankrun.job.control.store import JobStore
+from rankrun.output.outcome import Ending, OomVerdict, RankResult
 
 ERROR_TEXT_MAX = 64 * 1024  # characters of a failure's error kept: the server drops a client
 # that sends a value over about 8 MiB, and the report shows a few lines anyway
@@ -44,7 +45,9 @@ class NodeResult(NamedTuple):
     hostname: str
     pid: int
     exit_code: int
-    ranks: tuple[dict[str, Any], ...]  # summary rows, as --summary-json writes them
+    ranks: tuple[RankResult, ...]
+    """Its ranks; a failed one's ``stderr_tail`` is its error as the report shows it, cut to
+    ``ERROR_TEXT_MAX``, and no rank's ``error_file`` (a path on that node) travels."""
 
 
 class EndKind:
@@ -153,7 +156,7 @@ def interrupted(store: JobStore, attempt: int) -> bool:
 def publish_result(store: JobStore, attempt: int, result: NodeResult, nnodes: int) -> None:
     """This node's part of the attempt is over. The last node to publish ends the attempt
     (``DONE``, unless something ended it before) and wakes every agent's ``await_over``."""
-    store.client.set(store.keys.result(attempt, result.node_rank), dump(result))
+    store.client.set(store.keys.result(attempt, result.node_rank), _dump_result(result))
     if store.client.add(store.keys.results(attempt), 1) >= nnodes:
         done = AttemptEnd(EndKind.DONE, "every node finished", 0, result.node_rank)
         end_attempt(store, attempt, done)
@@ -199,9 +202,29 @@ def gather_results(
     return bounded(collect, timeout + 10, "the nodes' results")
 
 
+def _dump_result(result: NodeResult) -> str:
+    ranks = [_rank_fields(r) for r in result.ranks]
+    return json.dumps({**result._asdict(), "ranks": ranks}, separators=(",", ":"))
+
+
+def _rank_fields(r: RankResult) -> dict[str, Any]:
+    from rankrun.output.report import error_lines
+
+    oom = r.ending.oom._asdict() if r.ending.oom is not None else None
+    error = "\n".join(error_lines(r))[-ERROR_TEXT_MAX:] if r.failed else ""
+    ending = {**r.ending._asdict(), "oom": oom}
+    return {**r._asdict(), "ending": ending, "stderr_tail": error, "error_file": None}
+
+
 def _load_result(raw: bytes) -> NodeResult:
     fields = load(raw)
-    return NodeResult(**{**fields, "ranks": tuple(fields["ranks"])})
+    return NodeResult(**{**fields, "ranks": tuple(_rank_result(r) for r in fields["ranks"])})
+
+
+def _rank_result(fields: dict[str, Any]) -> RankResult:
+    ending = fields["ending"]
+    oom = OomVerdict(**ending["oom"]) if ending["oom"] is not None else None
+    return RankResult(**{**fields, "ending": Ending(**{**ending, "oom": oom})})
 
 
 def say_seen(store: JobStore, attempt: int) -> None:
