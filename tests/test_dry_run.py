@@ -52,6 +52,8 @@ def test_a_row_per_rank_with_its_argv_and_what_rankrun_sets(runs: Runs) -> None:
         assert env["PYTHONUNBUFFERED"] == "1"
         assert "PYTHONFAULTHANDLER" not in env and "KEPT" not in env  # the user's, unchanged
         assert 0 < int(env["MASTER_PORT"]) < 65536
+        token = env["RANKRUN_RUN_TOKEN"]
+        assert env["TORCH_WORKER_SERVER_SOCKET"].endswith(f"/rankrun-{token}/w0-{rank}.sock")
     assert not list(runs.workdir.glob("env.*")), "a rank ran"
     assert not (runs.workdir / "logs").exists()
 
@@ -59,7 +61,7 @@ def test_a_row_per_rank_with_its_argv_and_what_rankrun_sets(runs: Runs) -> None:
     assert runs.run(*FLAGS, "./rank.sh").returncode == 0
     for rank, (_, _, _, shown) in enumerate(rows):
         real = json.loads((runs.workdir / f"env.{rank}").read_text())
-        anew = ("MASTER_PORT", "RANKRUN_RUN_TOKEN")
+        anew = ("MASTER_PORT", "RANKRUN_RUN_TOKEN", "TORCH_WORKER_SERVER_SOCKET")
         assert {k: real[k] for k in shown if k not in anew} == {
             k: v for k, v in shown.items() if k not in anew
         }
@@ -94,3 +96,10 @@ def test_cpu_bind_cores_shows_each_ranks_share_and_its_omp_threads(runs: Runs) -
     if len(cpus) >= 2:
         assert shares[0] != shares[1] and "all" not in shares
     assert all(row[4]["OMP_NUM_THREADS"] >= "1" for row in rows)
+
+
+def test_a_worker_server_socket_the_user_chose_stands(runs: Runs) -> None:
+    runs.script("train.py", "print('hi')\n", executable=False)
+    runs.env["TORCH_WORKER_SERVER_SOCKET"] = "/tmp/mine.sock"
+    ((_, _, _, env),) = _table(runs, "--master-port", "0", "train.py")
+    assert "TORCH_WORKER_SERVER_SOCKET" not in env, "the user's, unchanged"

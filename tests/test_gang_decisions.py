@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from rankrun.job.job import Job
 from rankrun.output.outcome import Ending, RankResult
 from rankrun.plan.options import Options
 from rankrun.plan.plan import RankSpec, build_plan
-from rankrun.run.gang import Gang, NoStacks
+from rankrun.run.gang import Gang, NoStacks, Stacks
 from rankrun.run.rank import SpawnError
 from rankrun.run.watch import Event, Exited, Signalled
 
@@ -56,6 +57,8 @@ class ScriptedHost:
         self.stop_cancelled = False
         self.last_output = self.clock
         self.stack_requests: list[list[tuple[int, int]]] = []
+        self.sockets: list[str | None] = []
+        self.saved_to: list[str | None] = []
         self.no_stacks = ""
         self.stuck_in: dict[int, str] = {}
         """Where each rank that outlives SIGKILL is stuck, by pid."""
@@ -114,11 +117,16 @@ class ScriptedHost:
     def pause(self) -> None:
         self.paused += 1
 
-    def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
-        self.stack_requests.append(ranks)
+    def stacks(self, ranks: list[tuple[int, int, str | None]], save_to: str | None) -> Stacks:
+        self.stack_requests.append([(rank, pid) for rank, pid, _ in ranks])
+        self.sockets.extend(socket for _, _, socket in ranks)
+        self.saved_to.append(save_to)
         if self.no_stacks:
             raise NoStacks(self.no_stacks)
-        return [f"[rank{rank}]: at work" for rank, _ in ranks]
+        verdict = (f"ranks {ranks[0][0]}-{ranks[-1][0]}: work (train.py:1)",)
+        if save_to is not None:
+            return Stacks(verdict, (), save_to)
+        return Stacks(verdict, tuple(f"[rank{rank}]: at work" for rank, _, _ in ranks), None)
 
     def stuck(self, pid: int) -> str | None:
         return self.stuck_in.get(pid)
@@ -240,11 +248,28 @@ def test_restarts_run_the_gang_again_until_they_run_out(restarts: int, expected:
 def test_a_stall_is_reported_once_per_quiet_period_with_every_stack() -> None:
     host = ScriptedHost([(1.0, [])] * 30 + [(0.1, [exit_(100), exit_(101)])])
     attempt, events = supervise(host, ranks=2, stall_timeout=5.0)
-    assert events.lines.count("stalled: no output for 5 s; every rank's stack:") == 1
+    assert events.lines.count("stalled: no rank wrote a line for 5 s (2 ranks)") == 1
     assert host.stack_requests == [[(0, 100), (1, 101)]]
-    # Labelled by rank alone, as rankrun stacks prints them, not "rankrun: [rank1]: ...".
+    # The verdict first, under the event; then each rank's stack, labelled by rank alone, as
+    # rankrun stacks prints them, not "rankrun: [rank1]: ...".
+    verdict = events.lines.index("  ranks 0-1: work (train.py:1)")
+    assert verdict == events.lines.index("stalled: no rank wrote a line for 5 s (2 ranks)") + 1
     assert events.labelled_lines == ["[rank0]: at work", "[rank1]: at work"]
     assert attempt.exit_code == 0, "dump: the job goes on"
+    # Each rank is asked at a worker server socket of its own, named for its attempt.
+    assert [str(s).rsplit("/", 1)[-1] for s in host.sockets] == ["w0-0.sock", "w0-1.sock"]
+
+
+def test_with_a_log_directory_the_full_stacks_go_there_and_the_verdict_says_where(
+    tmp_path: Path,
+) -> None:
+    host = ScriptedHost([(1.0, [])] * 6 + [(0.1, [exit_(100), exit_(101)])])
+    _, events = supervise(host, ranks=2, stall_timeout=5.0, log_dir=str(tmp_path))
+    saved = host.saved_to[0]
+    assert saved is not None and saved.endswith("/attempt_0/stacks_1.txt")
+    assert f"every rank's stack is in {saved}" in events.lines
+    assert "  ranks 0-1: work (train.py:1)" in events.lines
+    assert events.labelled_lines == []
 
 
 def test_a_stall_without_py_spy_is_one_event_that_says_why() -> None:
@@ -269,6 +294,9 @@ def test_a_rank_that_outlives_the_grace_has_its_stack_shown_before_sigkill() -> 
     assert "rank(s) 1 did not stop within 3 s; they were at:" in events.lines
     assert host.stack_requests == [[(1, 101)]]
     assert events.labelled_lines == ["[rank1]: at work"]
+    assert events.lines.index("  ranks 1-1: work (train.py:1)") < events.lines.index(
+        "[rank1]: at work"
+    )
     assert events.lines.index("[rank1]: at work") < events.lines.index(
         "sent SIGKILL to 1 rank group(s)"
     )

@@ -166,14 +166,16 @@ def dump(
     native: bool = False,
     nonblocking: bool = False,
     resolve: bool = True,
+    full_filenames: bool = False,
 ) -> list[StackDump]:
     """Dump the Python stacks of ``pids``, given as (label, pid), in that order.
 
     All py-spy processes run at once and are ended at ``timeout`` seconds. With ``resolve``,
     a pid that is not Python stands for the Python processes under it (one dump each, with
     ``via`` set). ``native`` adds C/C++ frames; ``nonblocking`` reads without pausing the
-    process. A stopped or traced process (Ctrl-Z, a debugger) is always read so: py-spy can
-    neither pause it again nor attach to it, and a stopped one does not change while read.
+    process; ``full_filenames`` keeps each file's whole path. A stopped or traced process
+    (Ctrl-Z, a debugger) is always read so: py-spy can neither pause it again nor attach to
+    it, and a stopped one does not change while read.
     ``env`` is where ``PATH`` comes from and what py-spy runs with.
 
     Raises ``StacksError`` when py-spy is missing or cannot run; a failure for one process is
@@ -202,6 +204,8 @@ def dump(
                 argv = [exe, "dump", "--pid", str(target)]
                 if native:
                     argv.append("--native")
+                if full_filenames:
+                    argv.append("--full-filenames")
                 if nonblocking or table[target].state in ("T", "t") or traced(target):
                     argv.append("--nonblocking")
                 results.append(_start(label, target, via, searched, argv, child_env))

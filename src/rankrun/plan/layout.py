@@ -4,6 +4,7 @@
 <log dir>/<run id>/attempt_<k>/rank_<r>/stdout.log    rank r's stdout, byte for byte
 <log dir>/<run id>/attempt_<k>/rank_<r>/stderr.log
 <log dir>/<run id>/attempt_<k>/rank_<r>/error.json    TORCHELASTIC_ERROR_FILE, for @record
+<log dir>/<run id>/attempt_<k>/stacks_<n>.txt         every rank's stack, the n-th time read
 """
 
 from __future__ import annotations
@@ -37,3 +38,6 @@ class Layout(NamedTuple):
 
     def error_file(self, attempt: int, rank: int) -> str:
         return os.path.join(self.rank_dir(attempt, rank), "error.json")
+
+    def stacks_file(self, attempt: int, number: int) -> str:
+        return os.path.join(self.root, f"attempt_{attempt}", f"stacks_{number}.txt")

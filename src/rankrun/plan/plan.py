@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 LOCAL_RANK_MACRO = "${local_rank}"
 TOKEN_VAR = "RANKRUN_RUN_TOKEN"
 """Every process of a run carries ``TOKEN_VAR=<the plan's token>`` in its environment."""
+WORKER_SOCKET_VAR = "TORCH_WORKER_SERVER_SOCKET"
+"""Where a script wrapped in torch's ``worker_main`` serves its stack and flight recorder."""
+_MAX_SOCKET_PATH = 107  # bytes in a Unix socket's address, less its NUL
 
 
 class RankSpec(NamedTuple):
@@ -58,6 +61,9 @@ class RankSpec(NamedTuple):
     """The CPUs the rank is bound to, or None when it is not bound."""
     gpu: str | None = None
     """The GPU the rank's local rank names, as ``cuda:N (PCI bus id)``, on a node with GPUs."""
+    worker_socket: str | None = None
+    """The worker server socket rankrun chose for the rank: the host makes its directory
+    before the rank starts and removes the socket after; None where the user chose one."""
 
 
 class Plan(NamedTuple):
@@ -116,6 +122,9 @@ class Plan(NamedTuple):
             error_file = os.path.join(self.error_dir, f"error_{attempt}_{rank}.json")
         stdout, stderr = rank_routes(self.output, local_rank, self.world_size, files)
         env = self._env(rank, local_rank, attempt)
+        socket = self._worker_socket(rank, attempt)
+        if socket is not None:
+            env[WORKER_SOCKET_VAR] = socket
         if error_file is not None:
             env["TORCHELASTIC_ERROR_FILE"] = error_file
         label = self.output.label(rank=rank, local_rank=local_rank, role_name=self.role)
@@ -124,8 +133,21 @@ class Plan(NamedTuple):
         gpu = self.gpus[local_rank % len(self.gpus)] if self.gpus else None
         return RankSpec(
             rank, local_rank, argv, env, stdout, stderr, error_file, label,
-            self.run_id, self.node_rank, self.nproc_per_node, attempt, cpus, gpu,
+            self.run_id, self.node_rank, self.nproc_per_node, attempt, cpus, gpu, socket,
         )  # fmt: skip
+
+    def _worker_socket(self, rank: int, attempt: int) -> str | None:
+        """A socket of the rank's own for torch's worker server, which only scripts wrapped
+        in ``worker_main`` open: in the run's temporary directory, or ``/tmp`` where that
+        path would be too long for a socket. Named by attempt, since a rank killed leaves its
+        socket behind, and torch's server will not bind over one. The user's choice stands."""
+        if WORKER_SOCKET_VAR in self.base_env:
+            return None
+        name = f"w{attempt}-{rank}.sock"
+        path = os.path.join(default_error_dir(self), name)
+        if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+            path = os.path.join(f"/tmp/rankrun-{self.token}", name)
+        return path
 
     def _argv(self, local_rank: int) -> tuple[str, ...]:
         """torchrun's ``${local_rank}`` in the arguments, and the old launcher's flag."""

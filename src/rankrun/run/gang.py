@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import signal
 
+from rankrun.base.values import NamedTuple
 from rankrun.output.outcome import Attempt, Ending, Halt, RankResult, signal_name
 from rankrun.output.printer import Printer
-from rankrun.plan.plan import Plan, RankSpec
+from rankrun.plan.plan import WORKER_SOCKET_VAR, Plan, RankSpec
 from rankrun.run.rank import LauncherError, SpawnError
 from rankrun.run.watch import FORWARDED, TERMINATING, Event, Exited, Halted, Signalled
 
@@ -29,6 +30,16 @@ STALL_EXIT_CODE = 124
 
 class NoStacks(Exception):
     """No stack can be read at all (py-spy is missing); the message says why, with the fix."""
+
+
+class Stacks(NamedTuple):
+    verdict: tuple[str, ...]
+    """The ranks grouped by where they are, the odd ones out first; who is behind on the
+    collective sequence, where the flight recorder says."""
+    lines: tuple[str, ...]
+    """Every rank's full stack, each line labelled ``[rankN]: ``; empty when saved."""
+    saved: str | None
+    """The file that holds the full stacks, when they went to the log directory."""
 
 
 TYPE_CHECKING = False
@@ -50,8 +61,9 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def wait(self, timeout: float | None) -> list[Event]: ...
         def suspend_pending(self) -> bool: ...
         def pause(self) -> None: ...
-        def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
-            """Each rank's stack, its lines labelled ``[rankN]: ``; raises NoStacks."""
+        def stacks(self, ranks: list[tuple[int, int, str | None]], save_to: str | None) -> Stacks:
+            """The stacks of ranks given as (rank, pid, worker server socket), the full ones
+            written to ``save_to`` if given and it can be; raises NoStacks."""
 
         def stuck(self, pid: int) -> str | None:
             """Where a rank that outlived SIGKILL is stuck (its state and wait channel)."""
@@ -92,6 +104,7 @@ class Gang:
         self.coordinator = coordinator
         self.halted: Halt | None = None
         self.stall_seen: float | None = None
+        self.stack_reads = 0
         """The output time of the quiet period last reported as a stall."""
         self.last_signal = (0, 0.0)
         """The last terminating signal and when it came, to tell a repeat from a second one."""
@@ -236,8 +249,9 @@ class Gang:
         if self.host.now() - quiet_since < limit:
             return
         self.stall_seen = quiet_since
-        self.printer.event(f"stalled: no output for {limit:g} s; every rank's stack:")
-        self._show_stacks(self._live_ranks())
+        ranks = self._live_ranks()
+        self.printer.event(f"stalled: no rank wrote a line for {limit:g} s ({len(ranks)} ranks)")
+        self._show_stacks(ranks)
         if self.plan.on_stall == "stop":
             self.halted = Halt(f"stalled: no rank wrote a line for {limit:g} s", STALL_EXIT_CODE)
             self._teardown(signal.SIGTERM)
@@ -249,24 +263,34 @@ class Gang:
         ranks = self._live_ranks()
         if not ranks:
             return
-        names = ", ".join(str(rank) for rank, _ in ranks)
+        names = ", ".join(str(rank) for rank, _, _ in ranks)
         grace = self.plan.shutdown_timeout
         self.printer.event(f"rank(s) {names} did not stop within {grace:g} s; they were at:")
         self._show_stacks(ranks)
 
-    def _show_stacks(self, ranks: list[tuple[int, int]]) -> None:
-        """The stacks under the event that asked for them, labelled by rank alone, as
-        ``rankrun stacks`` prints them."""
+    def _show_stacks(self, ranks: list[tuple[int, int, str | None]]) -> None:
+        """Under the event that asked for them: the ranks grouped by where they are, then
+        their full stacks, in the log directory when there is one, or else labelled by rank
+        alone, as ``rankrun stacks`` prints them."""
+        self.stack_reads += 1
+        layout, save_to = self.plan.layout, None
+        if layout is not None:
+            save_to = layout.stacks_file(self.number, self.stack_reads)
         try:
-            lines = self.host.stacks(ranks)
+            stacks = self.host.stacks(ranks, save_to)
         except NoStacks as e:
             self.printer.event(f"no stacks: {e}")
             return
-        for line in lines:
+        for line in stacks.verdict:
+            self.printer.event(f"  {line}")
+        if stacks.saved is not None:
+            self.printer.event(f"every rank's stack is in {stacks.saved}")
+        for line in stacks.lines:
             self.printer.labelled(line)
 
-    def _live_ranks(self) -> list[tuple[int, int]]:
-        return [(m.spec.rank, m.pid) for m in self.members if m.pid and m.ending is None]
+    def _live_ranks(self) -> list[tuple[int, int, str | None]]:
+        return [(m.spec.rank, m.pid, m.spec.env.get(WORKER_SOCKET_VAR))
+                for m in self.members if m.pid and m.ending is None]  # fmt: skip
 
     def _kill(self) -> None:
         count = self._signal_groups(signal.SIGKILL)

@@ -26,6 +26,10 @@ from rankrun.run.rank import Rank, pipe_bytes
 from rankrun.run.reaper import Reaper
 from rankrun.run.watch import Event, Exited, Watch
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.run.gang import Stacks
+
 
 class Host:
     """Owns, while entered, the signal handlers, the subreaper and the guardian."""
@@ -44,6 +48,10 @@ class Host:
         """Ranks that outlived SIGKILL: not ours to end again, nor to name as escaped."""
         self.last_output = time.monotonic()
         """When a rank last wrote something that passes through rankrun."""
+        self._sockets: list[str] = []
+        """The worker server sockets rankrun chose for the ranks started, to remove at the end."""
+        self._socket_dirs: dict[str, bool] = {}
+        """Their directories, and whether this host made each."""
 
     def __enter__(self) -> Host:
         ensure_fd_capacity(self._nproc)
@@ -72,6 +80,7 @@ class Host:
         tb: TracebackType | None,
     ) -> None:
         self._live.close()
+        self._remove_sockets()
         try:
             if self._guardian is not None:
                 self._watch.remove_reader(self._guardian.lifeline)
@@ -91,6 +100,8 @@ class Host:
 
     def spawn(self, spec: RankSpec) -> int:
         """Start a rank and return its pid; raises SpawnError if its program can't run."""
+        if spec.worker_socket is not None:
+            self._socket_dir(spec.worker_socket)
         rank = Rank(spec, self._printer, pipe_bytes(self._nproc))
         with self._watch.job.released():
             if spec.cpus is None:
@@ -104,6 +115,32 @@ class Host:
         self._ranks[rank.pid] = rank
         self._live.started(spec, rank.pid)
         return rank.pid
+
+    def _socket_dir(self, socket: str) -> None:
+        """The directory of a rank's worker server socket, made private before the rank
+        starts: torch's server can't bind in a missing one, and the rank would fail."""
+        self._sockets.append(socket)
+        path = os.path.dirname(socket)
+        if path not in self._socket_dirs:
+            try:
+                os.mkdir(path, 0o700)
+                self._socket_dirs[path] = True
+            except OSError:
+                self._socket_dirs[path] = False  # launch() made it, for error files too
+
+    def _remove_sockets(self) -> None:
+        """torch's server leaves its socket behind, even when it shuts down cleanly."""
+        for socket in self._sockets:
+            try:
+                os.unlink(socket)
+            except OSError:
+                pass
+        for path, made in self._socket_dirs.items():
+            if made:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
 
     def _on_output(self, relay: Relay, pid: int) -> None:
         self.last_output = time.monotonic()
@@ -209,17 +246,21 @@ class Host:
             self._stuck.add(pid)
         return where
 
-    def stacks(self, ranks: list[tuple[int, int]]) -> list[str]:
-        """The Python stacks of ranks given as (rank, pid), labelled; raises NoStacks."""
-        from rankrun.inspect.stacks import StacksError, dump, format_dumps
-        from rankrun.run.gang import NoStacks
+    def stacks(self, ranks: list[tuple[int, int, str | None]], save_to: str | None) -> Stacks:
+        """The ranks' stacks, given as (rank, pid, worker server socket), grouped; the full
+        ones written to ``save_to`` when given and writable. Raises NoStacks."""
+        from rankrun.inspect.node_stacks import Target, read_node, verdict
+        from rankrun.inspect.stacks import StacksError
+        from rankrun.run.gang import NoStacks, Stacks
 
         try:
             with self._watch.job.released():
-                dumps = dump([(f"rank{rank}", pid) for rank, pid in ranks], timeout=10.0)
+                node = read_node([Target(*r) for r in ranks], timeout=10.0)
         except StacksError as e:
             raise NoStacks(str(e)) from None
-        return format_dumps(dumps).splitlines()
+        saved = save_to if save_to is not None and _saved(save_to, node.text) else None
+        lines = () if saved is not None else tuple(node.text.splitlines())
+        return Stacks(tuple(verdict(node)), lines, saved)
 
     def suspend_pending(self) -> bool:
         """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after it."""
@@ -232,6 +273,16 @@ class Host:
     def raise_on_terminating(self) -> None:
         """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
         self._watch.raise_on_terminating()
+
+
+def _saved(path: str, text: str) -> bool:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError:
+        return False
+    return True
 
 
 def _bound(cpus: frozenset[int], start: Callable[[], None]) -> None:
