@@ -533,3 +533,34 @@ def test_heartbeat_rules_on_a_fake_clock() -> None:
     assert cut.tick() == [] and cut.error == "Broken pipe" and not cut.cut_off()
     now[0] = 4.7
     assert cut.tick() == [] and cut.cut_off() and cut.quiet_for() == pytest.approx(2.1)
+
+
+def test_a_question_rides_the_next_beat_and_node_0_gets_every_answer() -> None:
+    job = Job(3)
+    for r in (0, 1, 2):
+        job.server.add(job.store().keys.heartbeat(r), 1)  # as the join leaves them
+    quiet = {0: 7.0, 1: 9.5, 2: None}
+    beats = [
+        control.Heartbeat(job.store(), r, 3, timeout=5, quiet=lambda r=r: quiet[r])
+        for r in (0, 1, 2)
+    ]
+    for _ in range(2):  # the first beat meets the join's counter, the second writes
+        for b in beats:
+            b.tick()
+    assert beats[0].job_quiet() is None  # node 2 runs no ranks
+    quiet[2] = 8.0
+    for b in beats[::-1]:  # node 0 reads last: the others' new beats are there
+        b.tick()
+    assert beats[0].job_quiet() == pytest.approx(7.0, abs=0.5)
+    assert beats[1].job_quiet() == pytest.approx(9.5)  # others know only their own
+
+    number = control.ask(beats[0].store, "stacks", "stalled", [0, 1, 2])
+    for b in beats:
+        b.tick()
+    assert [b.asked for b in beats] == [number] * 3
+    assert control.question(beats[1].store, number) == control.Ask(number, "stacks", "stalled")
+    assert beats[0].lost() == []  # node 0's own write over a beat is not a beat
+    for r in (0, 2):
+        control.answer(beats[r].store, number, r, f'{{"node": {r}}}')
+    got = control.await_answers(beats[0].store, number, [0, 1, 2], timeout=0.5)
+    assert got == {0: b'{"node": 0}', 2: b'{"node": 2}'}

@@ -31,7 +31,7 @@ from rankrun.output.outcome import (
 from rankrun.output.printer import Printer
 from rankrun.plan.layout import Layout
 from rankrun.plan.plan import Plan
-from rankrun.run.gang import Gang
+from rankrun.run.gang import STALL_EXIT_CODE, Gang
 from rankrun.run.host import Host
 from rankrun.run.watch import TERMINATING, Signalled
 
@@ -47,8 +47,10 @@ class Agent:
         self._opened = joined.opened  # the first attempt's workers' store port
         self._job_attempts: list[Attempt] = []  # node 0: each attempt across every node
         self._results: dict[int, control.NodeResult] = {}  # node 0: the last attempt's
+        stall = f"stalled: no rank wrote a line for {plan.stall_timeout:g} s"
+        halt = Halt(stall, STALL_EXIT_CODE) if plan.on_stall == "stop" else None
         self.link = Link(store, joined.nodes, plan.node_rank, plan.nnodes,
-                         plan.rendezvous.node_timeout)  # fmt: skip
+                         plan.rendezvous.node_timeout, halt, plan.stall_timeout or 0.0)  # fmt: skip
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
@@ -126,8 +128,13 @@ class Agent:
         """This node's part of attempt ``number``, once every node has ended it."""
         self.link.attempt_number = number
         meeting = self.plan.rendezvous._replace(master_port=int(self._opened))
-        plan = self.plan._replace(rendezvous=meeting)
-        attempt = Gang(plan, number, host, printer, self.link).supervise()
+        # A stall is the whole job's: node 0's link judges it, from every node's quiet time.
+        plan = self.plan._replace(rendezvous=meeting, stall_timeout=None)
+        self.link.heartbeat.quiet = lambda: host.now() - host.last_output
+        try:
+            attempt = Gang(plan, number, host, printer, self.link).supervise()
+        finally:
+            self.link.heartbeat.quiet = lambda: None
         result = self._result(attempt)
         if attempt.interrupted_by:
             self._try(lambda: control.publish_interrupt(self.store, number))

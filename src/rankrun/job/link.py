@@ -22,15 +22,27 @@ from collections.abc import Callable
 from rankrun.job import control
 from rankrun.job.control import AttemptEnd, EndKind
 from rankrun.output.outcome import Halt, RankResult
-from rankrun.run.watch import Event, Halted
+from rankrun.run.watch import Asked, Event, Halted, Verdict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rankrun.inspect.node_stacks import NodeStacks
 
 WAIT_CHUNK = 60.0  # seconds of one ``wait`` on the job's news, before it is made again
+ANSWER_WAIT = 20.0  # seconds a node has to read its ranks' stacks (py-spy's limit is 10)
 
 
 class Link:
     def __init__(self, store: control.JobStore, nodes: dict[int, control.NodeInfo],
-                 node_rank: int, nnodes: int, timeout: float) -> None:  # fmt: skip
+                 node_rank: int, nnodes: int, timeout: float, stall: Halt | None = None,
+                 stall_timeout: float = 0.0) -> None:  # fmt: skip
         self.store, self.nodes, self.node_rank = store, nodes, node_rank
+        self.nnodes = nnodes
+        self.stall_timeout = stall_timeout
+        """Node 0: --stall-timeout, judged across every node's ranks; 0 for none."""
+        self.stall = stall
+        """The halt a stall decides (--on-stall stop), or None: the stacks only."""
+        self._stall_armed = True
         self.hostname = nodes[node_rank].hostname
         self.timeout = timeout
         interval = min(max(timeout / 5, 0.1), 2.0)
@@ -89,6 +101,14 @@ class Link:
         self._requests.put(lambda: control.end_attempt(self.store, attempt, end))
         self._kick.set()
 
+    def answer(self, number: int, stacks: NodeStacks | None) -> None:
+        """This node's answer to question ``number``: its ranks' stacks, None if none."""
+        from rankrun.job.stall import node_answer
+
+        text = node_answer(stacks, self.node_rank, self.hostname)
+        self._requests.put(lambda: control.answer(self.store, number, self.node_rank, text))
+        self._kick.set()
+
     def take(self) -> list[Event]:
         """The events for the loop: drains the wakeup pipe."""
         try:
@@ -117,6 +137,8 @@ class Link:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.heartbeat.interval
                     self._declare_lost(self.heartbeat.tick())
+                    self._take_question()
+                    self._watch_stall()
             except RuntimeError:
                 pass  # the store is unreachable: the clock thread decides when to give up
             self._kick.wait(max(0.0, next_beat - time.monotonic()))
@@ -135,6 +157,39 @@ class Link:
             reason = f"node {named} lost: no heartbeat for {self.timeout:g} s"
             end = AttemptEnd(EndKind.LOST, reason, 1, self.node_rank, lost=tuple(lost))
             control.declare_lost(self.store, self.attempt_number, end)
+
+    def _take_question(self) -> None:
+        number, self.heartbeat.asked = self.heartbeat.asked, None
+        if number is not None:
+            asked = control.question(self.store, number)
+            self._hand(Asked(asked.number, asked.what, asked.reason))
+
+    def _watch_stall(self) -> None:
+        """Node 0: once per quiet period of every node's ranks past --stall-timeout, ask
+        every node for its ranks' stacks, and give the loop the grouped verdict."""
+        if not self.stall_timeout or self.node_rank != 0:
+            return
+        quiet = self.heartbeat.job_quiet()
+        if quiet is None or quiet < self.stall_timeout:
+            self._stall_armed = True
+        elif self._stall_armed:
+            self._stall_armed = False
+            threading.Thread(target=self._stall_verdict, name="rankrun-stall", daemon=True).start()
+
+    def _stall_verdict(self) -> None:
+        from rankrun.job.stall import job_verdict
+
+        reason = f"stalled: no rank wrote a line for {self.stall_timeout:g} s"
+        lost = set(self.heartbeat.lost())
+        asked = [r for r in range(self.nnodes) if r not in lost]
+        waited = 2 * self.heartbeat.interval + ANSWER_WAIT
+        try:
+            number = control.ask(self.store, "stacks", reason, asked)
+            answers = control.await_answers(self.store, number, asked, waited)
+        except (control.ControlError, RuntimeError):
+            return  # the store is gone: the clock thread decides what that means
+        lines = tuple(job_verdict(reason, answers, asked, waited))
+        self._hand(Verdict(lines, self.stall))
 
     @property
     def cut_off(self) -> bool:
@@ -182,6 +237,12 @@ class Link:
             if attempt in self._told:
                 return
             self._told.add(attempt)
+            self._news.append(event)
+        self._wake()
+
+    def _hand(self, event: Event) -> None:
+        """An event for the loop, whatever the attempt."""
+        with self._lock:
             self._news.append(event)
         self._wake()
 

@@ -14,7 +14,16 @@ from rankrun.output.outcome import Attempt, Ending, Halt, RankResult, signal_nam
 from rankrun.output.printer import Printer
 from rankrun.plan.plan import WORKER_SOCKET_VAR, Plan, RankSpec
 from rankrun.run.rank import LauncherError, SpawnError
-from rankrun.run.watch import FORWARDED, TERMINATING, Event, Exited, Halted, Signalled
+from rankrun.run.watch import (
+    FORWARDED,
+    TERMINATING,
+    Asked,
+    Event,
+    Exited,
+    Halted,
+    Signalled,
+    Verdict,
+)
 
 # Members of a group other than its leader are not our children until the leader dies, and
 # without a subreaper never are; while only such members are left, look again this often.
@@ -40,11 +49,15 @@ class Stacks(NamedTuple):
     """Every rank's full stack, each line labelled ``[rankN]: ``; empty when saved."""
     saved: str | None
     """The file that holds the full stacks, when they went to the log directory."""
+    node: NodeStacks | None = None
+    """What they were read from: each rank's digest and last collective, for node 0."""
 
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is for mypy
     from typing import Protocol
+
+    from rankrun.inspect.node_stacks import NodeStacks
 
     class Host(Protocol):
         """What the gang needs of the machine; ``rankrun.run.host.Host`` is the real one."""
@@ -77,6 +90,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of every launch; the protocol is 
         def failed(self, result: RankResult) -> None: ...
         def interrupted(self, signum: int) -> None: ...
         def halted(self, halt: Halt) -> None: ...
+        def answer(self, number: int, stacks: NodeStacks | None) -> None: ...
 
 
 class _Member:
@@ -162,6 +176,11 @@ class Gang:
         for e in events:
             if isinstance(e, Signalled):
                 self._on_signal(e.signum)
+        for e in events:
+            if isinstance(e, Asked):
+                self._answer(e)
+            elif isinstance(e, Verdict):
+                self._heed(e)
         for e in events:
             if isinstance(e, Halted) and self.deadline is None:
                 self.halted = Halt(e.reason, e.exit_code)
@@ -258,6 +277,27 @@ class Gang:
             if self.coordinator is not None:
                 self.coordinator.halted(self.halted)
 
+    def _answer(self, asked: Asked) -> None:
+        """Node 0 asks for this node's stacks (a stall of the whole job): here, they go to
+        the log or the console as at a stall of one node; to node 0, digested."""
+        ranks = self._live_ranks() if self.deadline is None else []
+        stacks = None
+        if ranks:
+            self.printer.event(f"reading every rank's stack for node 0's verdict ({asked.reason})")
+            stacks = self._show_stacks(ranks, verdict=False)
+        if self.coordinator is not None:
+            self.coordinator.answer(asked.number, stacks.node if stacks is not None else None)
+
+    def _heed(self, verdict: Verdict) -> None:
+        """Node 0's verdict on the whole job; under --on-stall stop, the job ends."""
+        for line in verdict.lines:
+            self.printer.event(line)
+        if verdict.halt is not None and self.deadline is None:
+            self.halted = verdict.halt
+            self._teardown(signal.SIGTERM)
+            if self.coordinator is not None:
+                self.coordinator.halted(self.halted)
+
     def _say_where_they_are(self) -> None:
         """Before SIGKILL: where each rank that ignored the teardown was."""
         ranks = self._live_ranks()
@@ -268,10 +308,12 @@ class Gang:
         self.printer.event(f"rank(s) {names} did not stop within {grace:g} s; they were at:")
         self._show_stacks(ranks)
 
-    def _show_stacks(self, ranks: list[tuple[int, int, str | None]]) -> None:
-        """Under the event that asked for them: the ranks grouped by where they are, then
-        their full stacks, in the log directory when there is one, or else labelled by rank
-        alone, as ``rankrun stacks`` prints them."""
+    def _show_stacks(
+        self, ranks: list[tuple[int, int, str | None]], verdict: bool = True
+    ) -> Stacks | None:
+        """Under the event that asked for them: the ranks grouped by where they are (unless
+        node 0 will say it for the job), then their full stacks, in the log directory when
+        there is one, or else labelled by rank alone, as ``rankrun stacks`` prints them."""
         self.stack_reads += 1
         layout, save_to = self.plan.layout, None
         if layout is not None:
@@ -280,13 +322,14 @@ class Gang:
             stacks = self.host.stacks(ranks, save_to)
         except NoStacks as e:
             self.printer.event(f"no stacks: {e}")
-            return
-        for line in stacks.verdict:
+            return None
+        for line in stacks.verdict if verdict else ():
             self.printer.event(f"  {line}")
         if stacks.saved is not None:
             self.printer.event(f"every rank's stack is in {stacks.saved}")
         for line in stacks.lines:
             self.printer.labelled(line)
+        return stacks
 
     def _live_ranks(self) -> list[tuple[int, int, str | None]]:
         return [(m.spec.rank, m.pid, m.spec.env.get(WORKER_SOCKET_VAR))

@@ -260,7 +260,7 @@ class Host:
             raise NoStacks(str(e)) from None
         saved = save_to if save_to is not None and _saved(save_to, node.text) else None
         lines = () if saved is not None else tuple(node.text.splitlines())
-        return Stacks(tuple(verdict(node)), lines, saved)
+        return Stacks(tuple(verdict(node)), lines, saved, node)
 
     def suspend_pending(self) -> bool:
         """Whether a Ctrl-Z is still to be obeyed: no SIGCONT has come after it."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 
 from rankrun.base.values import NamedTuple
+from rankrun.output.outcome import Halt
 from rankrun.run.job_control import JobControl
 
 TYPE_CHECKING = False
@@ -52,7 +53,22 @@ class Halted(NamedTuple):
     """The signal that interrupted the job there, which a scheduler sends this node too."""
 
 
-Event = Exited | Signalled | Halted
+class Asked(NamedTuple):
+    """The job asks this node a question: ``what`` is "stacks", its ranks' stacks."""
+
+    number: int
+    what: str
+    reason: str
+
+
+class Verdict(NamedTuple):
+    """Node 0's word on the whole job, for its output; and the halt it decided, if any."""
+
+    lines: tuple[str, ...]
+    halt: Halt | None = None
+
+
+Event = Exited | Signalled | Halted | Asked | Verdict
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:

@@ -41,6 +41,7 @@ Facts learnt from torch 2.13 that shape this module:
   ``docs/multi-node.md`` says how to avoid it. A plain-socket probe would cost one more lookup.
 """
 
+from rankrun.job.control.asks import ANSWER_MAX, Ask, answer, ask, await_answers, question
 from rankrun.job.control.attempt import (
     ERROR_TEXT_MAX,
     AttemptEnd,
@@ -93,6 +94,12 @@ from rankrun.job.control.store import (
 )
 
 __all__ = [
+    "ANSWER_MAX",
+    "Ask",
+    "answer",
+    "ask",
+    "await_answers",
+    "question",
     "ERROR_TEXT_MAX",
     "AttemptEnd",
     "BarrierTimeout",

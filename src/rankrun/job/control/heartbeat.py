@@ -8,14 +8,22 @@ from collections.abc import Callable
 from rankrun.job.control.calls import first_line
 from rankrun.job.control.store import JobStore
 
+ASK = b"ask:"
+
 
 class Heartbeat:
     """Each agent bumps its counter; node 0 alone reads them all, and a node whose counter
     stands still for ``timeout`` is lost.
 
-    Per ``interval``, an agent makes one request (``add``) and node 0 one more (a
-    ``multi_get`` of every counter): O(1) for each agent, O(N) for node 0. An agent other than
-    node 0 judges node 0 only by whether its own calls succeed (``cut_off``).
+    Per ``interval``, an agent makes one request and node 0 one more (a ``multi_get`` of
+    every node's beat): O(1) for each agent, O(N) for node 0. An agent other than node 0
+    judges node 0 only by whether its own calls succeed (``cut_off``).
+
+    A beat is ``<count>:<quiet>``, written with ``compare_set`` (whose answer proves the
+    server alive, as ``set``'s would not): ``quiet`` is how long this node's ranks have not
+    written a line (``-`` while none runs), so node 0 knows the whole job's quiet time with
+    no request more (``job_quiet``). Node 0 asks every node a question (``asks.ask``) by
+    writing ``ask:<number>`` over their beats: the beat's answer brings it (``asked``).
 
     Owned by one thread, which calls ``tick()`` every ``interval`` seconds. Changes are timed
     with this agent's monotonic clock; no host clocks are compared. ``cut_off()`` reads only
@@ -31,8 +39,15 @@ class Heartbeat:
         interval: float = 1.0,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        quiet: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.store = store
+        self.quiet = quiet
+        """Seconds since this node's ranks last wrote a line; None while none runs."""
+        self._beats = 0
+        self._written = b""  # what this node's beat key holds, as far as it knows
+        self.asked: int | None = None
+        """The last question node 0 asked through this node's beat, until taken."""
         self.node_rank = node_rank
         self.interval = interval
         self.timeout = timeout
@@ -64,21 +79,42 @@ class Heartbeat:
         May block for as long as the store does not answer (see ``cut_off``).
         """
         self.awake()
+        quiet = self.quiet()
+        beat = f"{self._beats}:{'-' if quiet is None else f'{quiet:.1f}'}".encode()
         try:
-            self.store.client.add(self._mine, 1)
+            held = self.store.client.compare_set(self._mine, self._written, beat)
             values = self.store.client.multi_get(self._keys) if self._keys else []
         except RuntimeError as e:
             self.error = first_line(e)
             return []
+        # The join's counter, or node 0's question: match it, beat next time.
+        self._written = held
+        self._beats += held == beat
+        if held.startswith(ASK):
+            self.asked = int(held[len(ASK) :])
         now = self.clock()
         self._last_awake = now  # the calls above may block for as long as the store does
         if self.frozen_for is not None:
             return []
         self._last_ok, self.error = now, None
         for r, value in zip(self._others, values, strict=True):
-            if value != self._seen[r][0]:
+            if value != self._seen[r][0] and not value.startswith(ASK):  # node 0's own write
                 self._seen[r] = (value, now)
         return self.lost()
+
+    def job_quiet(self) -> float | None:
+        """Node 0: how long no rank on any node has written a line, as of now; None while a
+        node runs no ranks or has not said."""
+        quiet = self.quiet()
+        if quiet is None:
+            return None
+        now = self.clock()
+        for value, seen in self._seen.values():
+            theirs = _quiet_of(value)
+            if theirs is None:
+                return None
+            quiet = min(quiet, theirs + (now - seen))
+        return quiet
 
     def lost(self) -> list[int]:
         """Nodes whose counter has not changed for ``timeout``, as of the last good tick."""
@@ -92,3 +128,11 @@ class Heartbeat:
     def quiet_for(self) -> float:
         """Seconds since this agent's last successful tick."""
         return self.clock() - self._last_ok
+
+
+def _quiet_of(beat: bytes) -> float | None:
+    _, _, quiet = beat.partition(b":")
+    try:
+        return float(quiet)
+    except ValueError:
+        return None  # "-", or the join's bare counter

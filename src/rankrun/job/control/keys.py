@@ -96,3 +96,14 @@ class Keys:
     def opened(self, barrier: str) -> str:
         """Node 0's word that the barrier is open, with what the others need next."""
         return f"{self._p}/barrier/{barrier}/open"
+
+    # Questions to every node, from node 0 or a command on it, and their answers.
+    def asks(self) -> str:
+        """Counter: questions asked; question n is at ``ask(n)``."""
+        return f"{self._p}/ask/count"
+
+    def ask(self, number: int) -> str:
+        return f"{self._p}/ask/{number}"
+
+    def answer(self, number: int, node: int) -> str:
+        return f"{self._p}/ask/{number}/answer/{node}"
