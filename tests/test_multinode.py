@@ -304,7 +304,8 @@ def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) 
     (fake / "__init__.py").write_text("raise ImportError('no torch here')\n")
     runs.env["PYTHONPATH"] = str(fake.parent)
     runs.script("rank.sh", "touch ran\n")
-    result = runs.run("--nnodes", "2", "--master-port", str(free_port()), "./rank.sh")
+    result = runs.run("--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()),
+                      "./rank.sh")  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "rankrun: error: --nnodes 2 needs torch, to coordinate the nodes: pip install torch"
