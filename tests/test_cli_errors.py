@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import Runs
 
+from rankrun.plan.ports import free_port
+
 # The script leaves a mark if anything runs it.
 MARKING_RANK = "touch ran.$RANK\n"
 
@@ -90,6 +92,20 @@ def test_bad_flags(runs: Runs, case: str) -> None:
     flags, message = CASES[case]
     runs.script("rank.sh", MARKING_RANK)
     _assert_usage_error(runs, [*flags, "./rank.sh"], message)
+
+
+@pytest.mark.parametrize("meet", ["--master-port", "--rdzv-endpoint"])
+def test_static_rendezvous_across_nodes_needs_a_node_rank(runs: Runs, meet: str) -> None:
+    # torchrun's static rendezvous would take every such node for node 0 (its default).
+    runs.script("rank.sh", MARKING_RANK)
+    port = free_port()
+    where = f"127.0.0.1:{port}" if meet == "--rdzv-endpoint" else str(port)
+    _assert_usage_error(
+        runs,
+        ["--nnodes", "2", meet, where, "--rdzv-timeout", "2", "./rank.sh"],
+        "--nnodes 2 with the static rendezvous (the default) needs --node-rank on every node, "
+        "0 to 1: add --node-rank to each node's command, or pass --rdzv-backend c10d",
+    )
 
 
 def test_port_in_use_suggests_port_0(runs: Runs, listening_port: int) -> None:

@@ -310,6 +310,34 @@ def test_node_0_names_the_missing_and_every_agent_gets_its_verdict() -> None:
     }
 
 
+def test_agents_without_a_node_rank_take_tickets_in_join_order() -> None:
+    job = Job(3)
+    out: dict[str, Any] = {}
+
+    def one(name: str, info: control.NodeInfo, ticketed: bool) -> None:
+        try:
+            out[name] = control.join(job.store(), info, timeout=20, ticketed=ticketed)
+        except control.ControlError as e:
+            out[name] = e
+
+    threads = []
+    for name, info, ticketed in (("host", node(0, 3), False), ("first", node(0, 3, hostname="a"),
+                                 True), ("second", node(0, 3, hostname="b"), True)):  # fmt: skip
+        threads.append(threading.Thread(target=one, args=(name, info, ticketed)))
+        threads[-1].start()
+        keys = control.JobStore(job.server, job.run_id).keys
+        claims = [keys.claim(r) for r in range(len(threads))]
+        wait_until(lambda: job.server.check(claims), 30, f"{name}'s claim", every=0.02)  # noqa: B023
+    for t in threads:
+        t.join(60)
+    assert [out[n].node_rank for n in ("host", "first", "second")] == [0, 1, 2], out
+    assert {r: n.hostname for r, n in out["host"].nodes.items()} == {0: "host0", 1: "a", 2: "b"}
+    before = job.snapshot()
+    with pytest.raises(control.Stranger, match=r"this agent \(no --node-rank on late\)"):
+        control.join(job.store(), node(0, 3, hostname="late"), timeout=5, ticketed=True)
+    assert job.snapshot() == before, "a late agent takes no ticket"
+
+
 def test_too_many_nodes_for_the_job_is_a_mismatch() -> None:
     job = Job(2)
     out = join_all(job, [node(0, 2), node(2, 3)])

@@ -19,7 +19,8 @@ from rankrun.plan.ports import free_port
 
 pytest.importorskip("torch")
 
-# A gloo rank: all_reduce, then fail if told to, then hold in a barrier.
+# A gloo rank: all_reduce, then fail if told to, then hold (HOLD seconds, or until the file
+# UNTIL exists), then meet in a barrier.
 # Every gloo script here destroys its group: torch aborts a rank that exits with it alive.
 RANK = """
 import os, sys, time
@@ -34,6 +35,8 @@ if os.environ.get("FAIL_RANK") == str(rank) and attempt in os.environ.get("FAIL_
     time.sleep(0.3)
     sys.exit(7)
 time.sleep(float(os.environ.get("HOLD", "0")))
+while os.environ.get("UNTIL") and not os.path.exists(os.environ["UNTIL"]):
+    time.sleep(0.05)
 dist.barrier()
 dist.destroy_process_group()
 """
@@ -325,7 +328,8 @@ def test_without_torch_a_multi_node_run_is_one_line(runs: Runs, tmp_path: Path) 
     (fake / "__init__.py").write_text("raise ImportError('no torch here')\n")
     runs.env["PYTHONPATH"] = str(fake.parent)
     runs.script("rank.sh", "touch ran\n")
-    result = runs.run("--nnodes", "2", "--master-port", str(free_port()), "./rank.sh")
+    result = runs.run("--nnodes", "2", "--node-rank", "0", "--master-port", str(free_port()),
+                      "./rank.sh")  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "rankrun: error: --nnodes 2 needs torch, to coordinate the nodes: pip install torch"
@@ -415,3 +419,90 @@ def _dry_run_env(runs: Runs, argv: list[str]) -> dict[str, str]:
     assert result.returncode == 0, result.stderr
     (row,) = result.stdout.splitlines()[1:]
     return dict(v.split("=", 1) for v in shlex.split(re.split(r" {2,}", row, maxsplit=4)[4]))
+
+
+def torchruns_line(endpoint: str) -> list[str]:
+    """PyTorch's documented multi-node command line: no node rank, c10d at the endpoint."""
+    return ["--nnodes=2", "--nproc-per-node=2", "--rdzv-id=job", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", "rank.py"]  # fmt: skip
+
+
+def _assert_one_job_of_4_ranks(outs: list[tuple[int, str, str]]) -> None:
+    """Both agents ended 0, one as node 0 and one as node 1, and each of the 4 ranks (RANK
+    = node rank * 2 + local rank, as gloo's world agrees: sum 6) ran once, on its node."""
+    assert [code for code, _, _ in outs] == [0, 0], [err[-2000:] for _, _, err in outs]
+    said = [re.findall(r"joined 2 nodes as node (\d) of job job", err) for _, _, err in outs]
+    assert sorted(said) == [["0"], ["1"]], said
+    for (_, out, _), (node,) in zip(outs, said, strict=True):
+        ranks = sorted(int(r) for r in re.findall(r"^\S+ rank (\d) attempt 0 sum 6$", out, re.M))
+        assert ranks == [2 * int(node), 2 * int(node) + 1], out
+    node0_err = outs[[s[0] for s in said].index("0")][2]
+    assert "4 ranks on 2 nodes exited 0" in node0_err
+
+
+@pytest.mark.slow
+def test_torchruns_c10d_line_without_node_ranks_runs_on_two_agents(runs: Runs) -> None:
+    runs.script("rank.py", RANK, executable=False)
+    runs.env["UNTIL"] = "go"
+    line = torchruns_line(f"127.0.0.1:{free_port()}")
+    agents = [runs.start(*line) for _ in range(2)]  # at once: one wins the port and hosts
+    runs.wait_for_files("up.*", 4, timeout=60)
+    # A third agent is a stranger: the job's 2 node ranks are handed out.
+    extra = runs.run(*line, timeout=60)
+    assert extra.returncode == 2
+    assert "its 2 nodes have all joined, and this agent (no --node-rank on " in extra.stderr
+    (runs.workdir / "go").touch()
+    outs = [(a.wait(90), *a.communicate()) for a in agents]
+    _assert_one_job_of_4_ranks(outs)
+
+
+@pytest.mark.slow
+def test_a_failure_on_a_node_ranked_at_the_join_is_reported_with_its_node(runs: Runs) -> None:
+    runs.script("rank.py", RANK, executable=False)
+    runs.env.update(FAIL_RANK="3", HOLD="60")
+    line = torchruns_line(f"localhost:{free_port()}")
+    agents = [runs.start(*line[:-1], "--summary-json", f"s{i}.json", "rank.py") for i in (0, 1)]
+    outs = [(a.wait(90), a.communicate()[1]) for a in agents]
+    assert [code for code, _ in outs] == [7, 7], outs
+    (err0,) = [err for _, err in outs if "as node 0 of job" in err]
+    (err1,) = [err for _, err in outs if "as node 1 of job" in err]
+    report = err0[err0.index("root cause") :]
+    assert report.startswith("root cause: rank 3 (local rank 1, node 1, host ")
+    assert "node 0 (" in report and "node 1 (" in report
+    assert "the job ended: rank 3 on node 1" in _last(err1)[-1]
+
+
+@pytest.mark.slow
+def test_torchruns_c10d_line_without_node_ranks_runs_on_two_hosts(runs: Runs, make_hosts) -> None:  # type: ignore[no-untyped-def]
+    hosts = make_hosts(2)
+    runs.script("rank.py", RANK, executable=False)
+    runs.env["GLOO_SOCKET_IFNAME"] = "eth0"  # the hosts' one interface
+    line = runs.argv(*torchruns_line(f"{hosts.addrs[0]}:{free_port()}"))
+    # Host 1 first: the endpoint is not its address, so it waits for host 0's store.
+    agents = [subprocess.Popen(hosts.argv(host, line), env=runs.env, cwd=runs.workdir,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for host in (1, 0)]  # fmt: skip
+    outs = [(a.wait(90), *a.communicate()) for a in agents]
+    _assert_one_job_of_4_ranks(outs)
+    assert "as node 0 of job" in outs[1][2], "host 0 hosts the endpoint"
+
+
+@pytest.mark.parametrize("backend", ["static", "c10d"])
+@pytest.mark.slow
+def test_node_0_given_its_rank_on_a_taken_port_suspects_a_stale_run(
+    runs: Runs, backend: str
+) -> None:
+    runs.script("rank.sh", "touch ran\n")
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        result = runs.run("--nnodes", "2", "--node-rank", "0", "--rdzv-backend", backend,
+                          "--rdzv-endpoint", f"127.0.0.1:{port}", "./rank.sh")  # fmt: skip
+    assert (result.returncode, result.stderr.splitlines()) == (2, [
+        f"rankrun: error: --master-port {port} is in use on this host, perhaps by a stale run: "
+        "end it, or choose another --master-port for every node"
+    ])  # fmt: skip
+    assert not (runs.workdir / "ran").exists()

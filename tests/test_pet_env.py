@@ -3,12 +3,16 @@ wins over them, and a value that does not parse is one line that names the varia
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import Runs
 from test_cli_errors import MARKING_RANK, _assert_usage_error
 from test_compat import ARGV_RANK, _outputs
 
+from rankrun.base.errors import UsageError
 from rankrun.cli.command_line import parse
+from rankrun.plan.plan import build_plan
 
 
 def test_the_command_line_wins_over_pet_and_pet_over_the_default() -> None:
@@ -49,3 +53,15 @@ def test_a_wrong_pet_value_names_the_variable(
     runs.script("rank.sh", MARKING_RANK)
     runs.env[name] = value
     _assert_usage_error(runs, ["./rank.sh"], f"{name}={value!r} in the environment: {reason}")
+
+
+def test_pet_node_rank_is_a_given_node_rank_and_c10d_needs_none(tmp_path: Path) -> None:
+    script = str(tmp_path / "train.py")
+    Path(script).write_text("")
+    flags = ["--nnodes", "2", "--master-port", "29500", script]
+    given = build_plan(script, (), parse(flags, {"PET_NODE_RANK": "1"}).options, env={})
+    assert (given.node_rank, given.rendezvous.node_rank_at_join) == (1, False)
+    with pytest.raises(UsageError, match="static rendezvous .* needs --node-rank on every node"):
+        build_plan(script, (), parse(flags, {}).options, env={})
+    c10d = parse(["--rdzv-backend", "c10d", *flags], {}).options
+    assert build_plan(script, (), c10d, env={}).rendezvous.node_rank_at_join

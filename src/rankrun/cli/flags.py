@@ -72,7 +72,11 @@ _JOB = (
         metavar="N",
     ),
     Flag(("--nnodes",), "number of nodes (N, or torchrun's N:N)", type=_nnodes),
-    Flag(("--node-rank",), "this node's rank, 0 to nnodes-1", type=int),
+    Flag(
+        ("--node-rank",),
+        "this node's rank, 0 to nnodes-1; with c10d, none: handed out as the nodes join",
+        type=int,
+    ),
     Flag(("--master-addr",), "node 0's host"),
     Flag(
         ("--master-port",),
@@ -99,7 +103,8 @@ _JOB = (
 _NODES = (
     Flag(
         ("--rdzv-backend",),
-        "c10d or static: either way node 0's rankrun hosts the job's store",
+        "static (every node needs --node-rank) or c10d (node ranks from the join where none "
+        "is given); either way node 0's rankrun hosts the job's store",
         choices=("static", "c10d"),
     ),
     Flag(

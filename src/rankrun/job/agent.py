@@ -70,22 +70,15 @@ class Agent:
         meeting = plan.rendezvous
         addr, port = meeting.master_addr, meeting.master_port
         name = os.uname().nodename
-        server = None
-        if plan.node_rank == 0:
-            control.open_files_for(2 * plan.nnodes)
-            server = control.serve(addr, port)
+        server = _host(plan, name, printer)
+        if server is not None:
             client = server
-            job = control.JobInfo(plan.run_id, name, port, _now(), plan.nnodes, "")
-            control.announce(client, job)
-            note = control.listen_queue_note(plan.nnodes)
-            if note is not None:
-                printer.event(note)
         else:
             client = control.connect(addr, port, timeout=meeting.join_timeout,
                                      on_wait=printer.event)  # fmt: skip
             job = control.read_job(client)
-        if not run_id_given and plan.node_rank != 0:
-            plan = _with_run_id(plan, job.run_id)
+            if not run_id_given:
+                plan = _with_run_id(plan, job.run_id)
         me = control.NodeInfo(plan.node_rank, name, os.getpid(), plan.nnodes,
                               plan.nproc_per_node, plan.run_id, VERSION,
                               control.command_hash(script, args))  # fmt: skip
@@ -97,8 +90,10 @@ class Agent:
             return str(workers[0].port)
 
         command = control.command_line(script, args)
+        ticketed = server is None and meeting.node_rank_at_join
         joined = control.join(store, me, meeting.join_timeout, printer.event, command=command,
-                              opening=opening)  # fmt: skip
+                              opening=opening, ticketed=ticketed)  # fmt: skip
+        plan = plan._replace(node_rank=joined.node_rank)  # every rank's RANK follows it
         if not quiet:
             me_in = f"node {plan.node_rank} of job {plan.run_id}"
             printer.event(f"joined {plan.nnodes} nodes as {me_in}")
@@ -261,6 +256,33 @@ class Agent:
     def close(self) -> None:
         self.link.close()
         _restore_name_lookups()
+
+
+def _host(plan: Plan, hostname: str, printer: Printer) -> Any | None:
+    """Node 0's store, served and announced here; None where this agent joins as a client.
+
+    Given a node rank, node 0 hosts. Given none (c10d), the agent that can host the endpoint
+    does, as torchrun's: its address is this host's and the port binds. Of several agents
+    on this host, the first to bind hosts; the others find the port in use, and join.
+    """
+    meeting = plan.rendezvous
+    addr, port = meeting.master_addr, meeting.master_port
+    at_join = meeting.node_rank_at_join
+    if not control.is_local(addr) if at_join else plan.node_rank != 0:
+        return None
+    control.open_files_for(2 * plan.nnodes)
+    try:
+        server = control.serve(addr, port)
+    except control.PortInUse:
+        if not at_join:
+            raise  # node 0's port, taken: a stale run?
+        return None  # another agent on this host hosts the job
+    job = control.JobInfo(plan.run_id, hostname, port, _now(), plan.nnodes, "")
+    control.announce(server, job)
+    note = control.listen_queue_note(plan.nnodes)
+    if note is not None:
+        printer.event(note)
+    return server
 
 
 _RES_OPTIONS = "timeout:1 attempts:1"

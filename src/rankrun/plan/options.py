@@ -11,7 +11,9 @@ class Options(NamedTuple):
     nproc_per_node: int | str = 1
     """A number, or torchrun's ``auto``, ``cpu`` or ``gpu``."""
     nnodes: int = 1
-    node_rank: int = 0
+    node_rank: int | None = None
+    """None: not given. One node is node 0; across nodes, ``c10d`` hands the ranks out at the
+    join, and ``static`` needs one on every node."""
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
     """None: on one node a free port, as torchrun picks; across nodes torchrun's 29500."""

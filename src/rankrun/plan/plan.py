@@ -232,7 +232,7 @@ def build_plan(
         args=tuple(args),
         nproc_per_node=nproc,
         nnodes=o.nnodes,
-        node_rank=o.node_rank,
+        node_rank=o.node_rank or 0,  # not given: node 0, or a placeholder until the join
         rendezvous=meeting.with_port_chosen(o.standalone) if o.nnodes == 1 else meeting,
         run_id=run_id,
         role=o.role,
@@ -254,7 +254,7 @@ def build_plan(
 def _check_numbers(o: Options) -> None:
     check(o.nnodes >= 1, f"--nnodes must be at least 1, not {o.nnodes}")
     check(
-        0 <= o.node_rank < o.nnodes,
+        o.node_rank is None or 0 <= o.node_rank < o.nnodes,
         f"--node-rank {o.node_rank} is outside [0, {o.nnodes}) for --nnodes {o.nnodes}: "
         f"number the nodes 0 to {o.nnodes - 1}",
     )

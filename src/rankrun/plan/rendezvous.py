@@ -2,7 +2,8 @@
 
 torchrun's rendezvous flags are read here: ``--rdzv-endpoint HOST[:PORT]`` names node 0's
 address and port, for the ``static`` and the ``c10d`` backend alike, and ``--rdzv-conf``
-may carry ``join_timeout``.
+may carry ``join_timeout``. Across nodes without a node rank, ``c10d`` hands the node ranks
+out at the join, as torchrun's does; ``static`` needs one on every node.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Rendezvous(NamedTuple):
     local_addr: str | None
     port_given_as: str = "--master-port "
     """How the port was given, before its number in an error: ``MASTER_PORT=`` too."""
+    node_rank_at_join: bool = False
+    """No node rank was given (c10d): the agent that can host the endpoint is node 0, and
+    the others take their node ranks at the join, in the order they join."""
 
     def with_port_chosen(self, standalone: bool) -> Rendezvous:
         """A single node's port: a free one for 0 or --standalone, else a free given one."""
@@ -55,8 +59,20 @@ def rendezvous(o: Options, env: Mapping[str, str]) -> Rendezvous:
         "--master-port 0 needs one node: give every node the same fixed port",
     )
     check(o.rdzv_backend in ("static", "c10d"), f"--rdzv-backend {o.rdzv_backend}: use c10d")
+    at_join = o.nnodes > 1 and o.node_rank is None
+    check(not at_join or o.rdzv_backend == "c10d", _static_needs_node_rank(o.nnodes))
     return Rendezvous(
-        o.rdzv_backend, addr, port, join_timeout, o.node_timeout, o.local_addr, given_as
+        o.rdzv_backend, addr, port, join_timeout, o.node_timeout, o.local_addr, given_as, at_join
+    )
+
+
+def _static_needs_node_rank(nnodes: int) -> str:
+    """torchrun's static rendezvous takes every node without --node-rank for node 0 (its
+    default), and its handler's own fix reads "Try add --node-rank to the cmd request"."""
+    return (
+        f"--nnodes {nnodes} with the static rendezvous (the default) needs --node-rank on every "
+        f"node, 0 to {nnodes - 1}: add --node-rank to each node's command, or pass "
+        "--rdzv-backend c10d to have the node ranks handed out as the nodes join"
     )
 
 

@@ -6,8 +6,9 @@ function that needs it, never when this module is imported.
 
 Every key is named in ``keys.py``. What each agent asks of the store, and how often:
 
-- joining: it claims its rank, bumps a counter and waits on one key, the verdict. Node 0 alone
-  reads every claim, once, and publishes the verdict;
+- joining: it claims its rank (one given, or a ticket: the next number of a counter), bumps a
+  counter and waits on one key, the verdict. Node 0 alone reads every claim, once, and
+  publishes the verdict;
 - while the job runs: one ``add`` per heartbeat interval. Node 0 also reads every counter in
   one ``multi_get``. Nothing else: the end of an attempt and its conclusion reach every
   agent through ``wait`` on one key each, on a client of its own (a push);
@@ -83,9 +84,11 @@ from rankrun.job.control.join import (
 from rankrun.job.control.store import (
     JobInfo,
     JobStore,
+    PortInUse,
     Stranger,
     announce,
     connect,
+    is_local,
     listen_queue_note,
     open_files_for,
     read_job,
@@ -116,6 +119,7 @@ __all__ = [
     "Mismatch",
     "NodeInfo",
     "NodeResult",
+    "PortInUse",
     "Stranger",
     "Unresponsive",
     "announce",
@@ -136,6 +140,7 @@ __all__ = [
     "first_failure",
     "gather_results",
     "interrupted",
+    "is_local",
     "join",
     "listen_queue_note",
     "open_files_for",

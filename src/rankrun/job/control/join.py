@@ -100,6 +100,8 @@ class Joined(NamedTuple):
     """By node rank: every node on node 0; node 0 and this node on the others."""
     opened: str
     """What node 0 handed every agent with its go (the first attempt's workers' store)."""
+    node_rank: int
+    """This agent's: the one it was given, or the ticket it took."""
 
 
 def join(
@@ -110,8 +112,13 @@ def join(
     every: float = WAIT_NOTE_EVERY,
     command: str = "",
     opening: Callable[[], str] = lambda: "",
+    ticketed: bool = False,
 ) -> Joined:
     """Claim ``me.node_rank`` and wait for node 0's verdict on the job.
+
+    ``ticketed``: this agent was given no node rank, and claims the next ticket instead (1,
+    2, ... in the order agents ask; node 0 is the agent that hosts the store), which the
+    result's ``node_rank`` says.
 
     Every agent claims its rank and waits on one key. Node 0 alone reads the claims, once all
     are in, checks that they agree, calls ``opening()`` and publishes one verdict: go, with
@@ -119,15 +126,16 @@ def join(
     (``command_line()``) is kept beside the claim, read only when the commands differ.
 
     Calls ``on_wait(note)`` about every ``every`` seconds while waiting: node 0's note names
-    the missing nodes. Raises ``Stranger`` (having written nothing) when the store belongs to
-    another run, or to this run after all its nodes joined; otherwise a ``JoinError`` whose
+    the missing nodes. Raises ``Stranger`` (having written nothing, but for a ticket past the
+    last node rank) when the store belongs to another run, or to this run after all its nodes
+    joined; otherwise a ``JoinError`` whose
     message is the same on every agent. Call it before any other thread uses ``store``. Its
     store operations run in a helper thread, so that a stopped node 0 ends it as
     ``Unresponsive`` rather than blocking forever.
     """
     assert store.run_id == me.run_id, (store.run_id, me.run_id)
     notes: queue.SimpleQueue[str] = queue.SimpleQueue()
-    call = Call(lambda: _join(store, me, timeout, notes.put, every, command, opening))
+    call = Call(lambda: _join(store, me, timeout, notes.put, every, command, opening, ticketed))
     limit = time.monotonic() + timeout + 2 * ABORT_LINGER + 30
     while not call.wait(min(1.0, max(0.0, limit - time.monotonic()))):
         _drain(notes, on_wait)
@@ -156,6 +164,7 @@ def _join(
     every: float,
     command: str,
     opening: Callable[[], str],
+    ticketed: bool,
 ) -> Joined:
     deadline = time.monotonic() + timeout
     keys, client = store.keys, store.client
@@ -164,8 +173,10 @@ def _join(
     if job.run_id != me.run_id:
         raise Stranger(held_by(job, f"this is job {me.run_id}"))
     if client.check([keys.complete()]):
-        raise Stranger(held_by(job, _late(job, me)))
-    if me.node_rank >= job.nnodes:
+        raise Stranger(held_by(job, _late(job, me, ticketed)))
+    if ticketed:
+        me = me._replace(node_rank=_ticket(store, job, me))
+    elif me.node_rank >= job.nnodes:
         holder = me._replace(nnodes=job.nnodes, node_rank=0)
         message = _disagreement([holder, me], [0, me.node_rank])
         _abort(store, me, message, Mismatch, member=False)
@@ -173,8 +184,8 @@ def _join(
     held = client.compare_set(keys.claim(me.node_rank), "", mine)
     if held != mine.encode():
         if client.check([keys.complete()]):
-            raise Stranger(held_by(job, _late(job, me)))
-        message = _duplicate(NodeInfo(**load(held)), me)
+            raise Stranger(held_by(job, _late(job, me, ticketed)))
+        message = _duplicate(NodeInfo(**load(held)), me, ticketed)
         _abort(store, me, message, DuplicateNodeRank, member=False)
     client.set(keys.command(me.node_rank), command)
     client.add(keys.heartbeat(me.node_rank), 1)  # node 0's multi_get finds every counter
@@ -215,7 +226,7 @@ def _decide(
     go = json.dumps({"kind": "go", "node0": me._asdict(), "opened": opening()})
     client.compare_set(keys.verdict(), "", go)
     _raise_verdict(store, me)  # an abort that came first holds
-    return Joined({n.node_rank: n for n in nodes}, json.loads(go)["opened"])
+    return Joined({n.node_rank: n for n in nodes}, json.loads(go)["opened"], me.node_rank)
 
 
 def _await_verdict(
@@ -228,7 +239,15 @@ def _await_verdict(
         on_wait(f"waiting for {nnodes - joined} of {nnodes} nodes to join (node 0 names them)")
     verdict = _raise_verdict(store, me)
     node0 = NodeInfo(**verdict["node0"])
-    return Joined({0: node0, me.node_rank: me}, verdict["opened"])
+    return Joined({0: node0, me.node_rank: me}, verdict["opened"], me.node_rank)
+
+
+def _ticket(store: JobStore, job: JobInfo, me: NodeInfo) -> int:
+    """The next node rank, for an agent given none: 1, 2, ... in the order they ask."""
+    number = int(store.client.add(store.keys.ticket(), 1))
+    if number >= job.nnodes:  # every node rank is handed out: a stranger, as one that is late
+        raise Stranger(held_by(job, _late(job, me, ticketed=True)))
+    return number
 
 
 def _missing(store: JobStore, nnodes: int) -> list[int]:
@@ -325,7 +344,13 @@ def _shortened(lines: list[str]) -> list[str]:
     return shown
 
 
-def _duplicate(first: NodeInfo, second: NodeInfo) -> str:
+def _duplicate(first: NodeInfo, second: NodeInfo, ticketed: bool = False) -> str:
+    if ticketed:
+        return (
+            f"node rank {first.node_rank}, handed out at the join to host {second.hostname} pid "
+            f"{second.pid}, is also given by --node-rank to host {first.hostname} pid "
+            f"{first.pid}: give every node its own --node-rank, or none"
+        )
     return (
         f"--node-rank {first.node_rank} is claimed by two agents (host {first.hostname} pid "
         f"{first.pid}, host {second.hostname} pid {second.pid}): give each node its own --node-rank"
@@ -338,8 +363,9 @@ def _not_joined(missing: list[int]) -> str:
     return f"node {nodes}{more} did not join within the timeout: is rankrun started on every node?"
 
 
-def _late(job: JobInfo, me: NodeInfo) -> str:
+def _late(job: JobInfo, me: NodeInfo, ticketed: bool = False) -> str:
+    this = "no --node-rank" if ticketed else f"--node-rank {me.node_rank}"
     return (
-        f"its {job.nnodes} nodes have all joined, and this agent (--node-rank {me.node_rank} "
-        f"on {me.hostname}) is not one of them"
+        f"its {job.nnodes} nodes have all joined, and this agent ({this} on {me.hostname}) "
+        "is not one of them"
     )

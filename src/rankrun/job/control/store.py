@@ -34,6 +34,10 @@ class Stranger(ControlError):
     """This agent is not part of the job that holds the port. It wrote nothing there."""
 
 
+class PortInUse(ControlError):
+    """The port is taken on this host: by a stale run, or by the agent that hosts the job."""
+
+
 class JobInfo(NamedTuple):
     """What node 0 announces at ``rankrun/job``: enough for a stranger to know it is one."""
 
@@ -101,7 +105,7 @@ def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
         return bounded(serve, timeout + 5, f"hosting the store at {addr}:{port}")
     except RuntimeError as e:
         if "EADDRINUSE" in str(e):
-            raise ControlError(
+            raise PortInUse(
                 f"--master-port {port} is in use on this host, perhaps by a stale run: "
                 "end it, or choose another --master-port for every node"
             ) from None
@@ -109,6 +113,25 @@ def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
             f"could not host the job's store at {addr}:{port}: {first_line(e)}; node 0 "
             "connects to its own store at --master-addr: is it this host's address?"
         ) from None
+
+
+def is_local(addr: str) -> bool:
+    """Whether ``addr`` is one of this host's addresses, or a name that resolves to one: a
+    socket binds to it. torchrun's c10d backend asks the same, to decide who hosts."""
+    import socket
+
+    try:
+        found = socket.getaddrinfo(addr, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as s:
+            try:
+                s.bind((address[0], 0, *address[2:]))
+            except OSError:
+                continue  # EADDRNOTAVAIL: another host's
+            return True
+    return False
 
 
 def listen_queue_note(nnodes: int) -> str | None:
