@@ -36,3 +36,29 @@ def test_the_full_run_and_an_explicit_ask_keep_the_multi_node_rows(
     assert full.agents == compare.FULL_AGENTS and full.repeats == 5
     assert plan(compare, monkeypatch, "--quick", "--agents", "2").multi
     assert plan(compare, monkeypatch, "--quick", "--multi-node-only").multi
+
+
+def test_the_multi_node_rows_run_8_agents_and_wait_longer_for_more(
+    compare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert plan(compare, monkeypatch, "--multi-node-only").agents == [2, 4, 8]
+    assert compare.multi_start_s(8) > compare.multi_start_s(2) >= compare.MULTI_START_S
+
+
+def _runs(latencies: list[float | None]) -> list[dict[str, object]]:
+    return [{"latency_s": s, "failed": True, "exit_codes": [3, 3], "leftovers": 0}
+            for s in latencies]  # fmt: skip
+
+
+def test_the_failure_figure_shows_its_spread_or_how_often_agents_hung(
+    compare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = {"first_rank_s": 1.5, "all_exited_s": 1.6, "exit_codes": [0, 0]}
+    across = {
+        "rankrun": {"launch_2": [launch] * 3, "failure_2": _runs([0.149, 0.121, 0.180])},
+        "torchrun": {"launch_2": [launch] * 3, "failure_2": _runs([None, 0.4, None])},
+    }
+    rows = compare.summarize_multi(across, plan(compare, monkeypatch, "--agents", "2"))
+    text = compare.multi_table(rows, [])
+    assert "| 149 ms (121–180) |" in text
+    assert "| never exits in 2 of 3 runs; the others 400 ms |" in text
