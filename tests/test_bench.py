@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -62,3 +63,20 @@ def test_the_failure_figure_shows_its_spread_or_how_often_agents_hung(
     text = compare.multi_table(rows, [])
     assert "| 149 ms (121–180) |" in text
     assert "| never exits in 2 of 3 runs; the others 400 ms |" in text
+
+
+def test_the_parts_of_a_launch_across_nodes_add_up_to_its_first_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    parts = load_bench("multi_launch_parts")
+    steps = ["python_up", "torch_import.start", "torch_import.end", "store.end",
+             "wait_joined.start", "join.end", "host.start", "host.end", "attempt_0.start",
+             "attempt_0.end", "spawn.start", "rank"]  # fmt: skip
+    # Node 1 claims last, node 0's rank runs first: the path crosses from one to the other.
+    node0 = {step: 0.1 * i for i, step in enumerate(steps)}
+    node1 = {**node0, "wait_joined.start": 0.45, "rank": 1.5}
+    cut = parts.parts_of({"agents": [node0, node1]})
+    assert sum(cut.values()) == pytest.approx(node0["rank"])
+    assert cut["claim (job key, claim, counters)"] == pytest.approx(0.45 - 0.3)
+    assert cut["join: last claim -> verdict"] == pytest.approx(0.5 - 0.45)
