@@ -13,7 +13,7 @@ the time at each step from outside the code. The critical path to the first rank
 
 Each part is a median over the runs; the parts of one run add up to its launch -> first rank.
 The plain row shows what the notes themselves cost. Prints a table and writes
-results/multi_launch_parts.json (every sample).
+results/multi_launch_parts.txt (the table) and .json (every sample).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def run_once(launcher: MultiNode, nodes: int) -> dict[str, object]:
                 stderr = {node: (Path(work) / f"stderr.{job.proc.pid}").read_text()[-2000:]
                           + stacks(job.proc.pid)
                           for node, job in enumerate(agents.jobs) if codes[node] != 0}  # fmt: skip
-                print(f"{launcher.name}, {nodes} agents: exit codes {codes}: {stderr}",
+                print(f"{launcher.name}, {nodes} agents: exit codes {codes}; see the JSON",
                       file=sys.stderr)  # fmt: skip
                 return {"exit_codes": codes, "stderr": stderr}
             per_agent = []
@@ -184,10 +184,13 @@ def main() -> None:
                 samples[n][kind].append(run_once(kinds[kind], n))
         print(f"  round {i + 1} of {args.repeats} done", file=sys.stderr)
     took = time.monotonic() - began
-    print(f"medians of {args.repeats} interleaved runs, ms from launch; {took:.0f} s in all")
-    text = "\n\n".join(table(samples, kind) for kind in kinds if kind != "plain")
+    text = "\n\n".join(
+        [f"medians of {args.repeats} interleaved runs, ms from launch; {took:.0f} s in all"]
+        + [table(samples, kind) for kind in kinds if kind != "plain"]
+    )
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "multi_launch_parts.txt").write_text(text + "\n")
     (args.results / "multi_launch_parts.json").write_text(json.dumps(
         {"machine": machine(), "repeats": args.repeats, "seconds": took, "parts": list(PARTS),
          "samples": samples}, indent=1) + "\n")  # fmt: skip
