@@ -719,7 +719,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
         not args.quick or bool(args.multi_node_only or args.agents)
     )
     return Plan(
-        sizes=[] if args.rest_only else args.sizes or sizes, agents=args.agents or FULL_AGENTS,
+        sizes=[] if args.rest_only or args.multi_node_only else args.sizes or sizes,
+        agents=args.agents or FULL_AGENTS,
         repeats=repeats, lines=lines, failure_rounds=min(failure_rounds, repeats),
         launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
         multi=multi,

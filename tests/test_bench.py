@@ -42,7 +42,9 @@ def test_the_full_run_and_an_explicit_ask_keep_the_multi_node_rows(
 def test_the_multi_node_rows_run_8_agents_and_wait_longer_for_more(
     compare: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert plan(compare, monkeypatch, "--multi-node-only").agents == [2, 4, 8]
+    only = plan(compare, monkeypatch, "--multi-node-only")
+    assert only.agents == [2, 4, 8] and only.multi
+    assert only.sizes == []  # no launch rows, so no plot of them
     assert compare.multi_start_s(8) > compare.multi_start_s(2) >= compare.MULTI_START_S
 
 
