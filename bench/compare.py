@@ -18,6 +18,8 @@ how long it stayed after the launcher exited has a column of its own.
 
 The multi-node rows run N agents of one rank each on this host, rankrun's on one
 --master-port and torchrun's on one c10d --rdzv-endpoint; the bare loop has no such mode.
+Every agent imports torch, and torchrun's agents mostly hang after a failure (20 s each):
+--multi-node-only takes about 10 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
