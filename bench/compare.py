@@ -3,7 +3,7 @@
     python bench/compare.py                    # the full set: medians of 5, up to 256 ranks
     python bench/compare.py --quick            # a reduced set, one node only, into results/quick/
     python bench/compare.py --launch-only      # only the launch rows (--sizes 1,8,64,256)
-    python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4)
+    python bench/compare.py --multi-node-only  # only the multi-node rows (--agents 2,4,8)
     python bench/compare.py --rest-only        # only failure, leftovers and output (4x20 MB)
 
 Writes results/latest.md (the tables), results/latest.json (every sample) and, with
@@ -18,6 +18,8 @@ how long it stayed after the launcher exited has a column of its own.
 
 The multi-node rows run N agents of one rank each on this host, rankrun's on one
 --master-port and torchrun's on one c10d --rdzv-endpoint; the bare loop has no such mode.
+Every agent imports torch, and torchrun's agents mostly hang after a failure (20 s each):
+--multi-node-only takes about 10 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ HANG_S = 3.0  # a launcher that has not exited this long after a rank failed is 
 # Across nodes: longer than rankrun's --node-timeout (10 s), so that an exit on a lost node's
 # timeout still shows as a time; an agent running this long after the failure is hung.
 MULTI_HANG_S = 20.0
-MULTI_START_S = 60.0  # for N agents, each importing torch, to bring up their ranks
+# For N agents, each importing torch, to bring up their ranks: on 2 cores the imports share
+# them, about 0.7 s an agent idle (8 agents: 6 s), several times that on a loaded machine.
+MULTI_START_S = 60.0
+MULTI_START_PER_AGENT_S = 15.0
 GUARDIAN = "rankrun-guard"  # the comm rankrun's guardian gives itself
 GUARDIAN_LIMIT_S = 40.0  # longer than rankrun's default grace period (30 s)
 SIGNALS = ("SIGINT", "SIGTERM", "SIGKILL")  # sent to the launcher, for the leftovers
-FULL_SIZES, FULL_AGENTS = [1, 8, 64, 256], [2, 4]
+FULL_SIZES, FULL_AGENTS = [1, 8, 64, 256], [2, 4, 8]
 
 
 @dataclass(frozen=True)
@@ -331,12 +336,17 @@ def measure_signal(launcher: Launcher, signum: int) -> dict[str, float | int | N
             job.end()
 
 
+def multi_start_s(nodes: int) -> float:
+    """How long ``nodes`` agents may take to bring up their ranks before the run fails."""
+    return MULTI_START_S + MULTI_START_PER_AGENT_S * nodes
+
+
 def measure_multi_launch(launcher: MultiNode, nodes: int) -> dict[str, object]:
     """``nodes`` agents whose one rank each notes the time it started and exits 0."""
     with tempfile.TemporaryDirectory() as work:
         agents = Agents.start(launcher, nodes, WORKLOADS / "note_start.sh", Path(work))
         try:
-            exits = agents.wait(timeout=MULTI_START_S)
+            exits = agents.wait(timeout=multi_start_s(nodes))
             stamps = [read_stamp(path) for path in Path(work).glob("started.*")]
             first = min((s for s in stamps if s is not None), default=None)
             return {
@@ -358,11 +368,13 @@ def measure_multi_failure(launcher: MultiNode, nodes: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as work:
         agents = Agents.start(launcher, nodes, WORKLOADS / "fail_last.sh", Path(work))
         try:
-            died = wait_for_stamp(Path(work) / "died", timeout=MULTI_START_S)
+            died = wait_for_stamp(Path(work) / "died", timeout=multi_start_s(nodes))
             exits = agents.wait(timeout=MULTI_HANG_S if died is not None else 0)
             time.sleep(1)
+            exited = [e for e in exits if e is not None]
             return {
                 "latency_s": None if died is None or None in exits else max(exits) - died,
+                "first_exit_s": None if died is None or not exited else min(exited) - died,
                 "failed": died is not None,
                 "exit_codes": agents.exit_codes(),
                 "leftovers": agents.leftovers(),
@@ -483,14 +495,24 @@ def summarize_multi(across: dict, plan: Plan) -> dict[str, dict[str, object]]:
             rows[f"{name}, {n} agents"] = {
                 "launcher": name, "agents": n,
                 "first_rank_s": median([r["first_rank_s"] for r in launches]),
+                "first_rank_spread": spread([r["first_rank_s"] for r in launches]),
                 "all_exited_s": median([r["all_exited_s"] for r in launches]),
                 "clean_exit_codes": code_patterns(launches),
                 "all_failed": all(f["failed"] for f in failures),
                 "failure_latency": median([f["latency_s"] for f in failures]),
+                "failure_spread": spread([f["latency_s"] for f in failures]),
+                "failure_hung": sum(f["latency_s"] is None for f in failures),
+                "failure_runs": len(failures),
                 "exit_codes": code_patterns(failures),
                 "leftovers_failure": max((f["leftovers"] for f in failures), default=None),
             }  # fmt: skip
     return rows
+
+
+def spread(values: list[float | None]) -> list[float] | None:
+    """The lowest and highest of the runs that have a value; None if none has."""
+    present = [v for v in values if v is not None]
+    return [min(present), max(present)] if present else None
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -552,18 +574,37 @@ def multi_table(rows: dict[str, dict[str, object]], absent: list[str]) -> str:
     for r in rows.values():
         clean = r["clean_exit_codes"]
         unclean = "" if clean == [" / ".join(["0"] * r["agents"])] else f" ({', '.join(clean)})"
-        latency = r["failure_latency"]
-        if not r["all_failed"]:
-            failure = "ranks never all up"
-        else:
-            failure = "never exits" if latency is None else f"{latency * 1000:.0f} ms"
-        cells = [str(r["agents"]), _seconds(r["first_rank_s"], "never starts"),
+        failure = _failure(r) if r["all_failed"] else "ranks never all up"
+        first = _seconds(r["first_rank_s"], "never starts") + _range(r["first_rank_spread"], 1, "")
+        cells = [str(r["agents"]), first,
                  _seconds(r["all_exited_s"], "never exits") + unclean, failure,
                  ", ".join(r["exit_codes"]) or "n/a", str(r["leftovers_failure"])]  # fmt: skip
         out.append(f"| {r['launcher']} | " + " | ".join(cells) + " |")
     for name in absent:
         out.append(f"| {name} | absent: not installed |" + " |" * (len(heads) - 1))
     return "\n".join(out)
+
+
+def _range(bounds: object, scale: float, unit: str) -> str:
+    """`` (lowest–highest)`` of a spread, in ``unit`` after ``scale``; empty for one run."""
+    if not isinstance(bounds, list) or bounds[0] == bounds[1]:
+        return ""
+    low, high = (b * scale for b in bounds)
+    digits = 0 if scale > 1 else 2
+    return f" ({low:.{digits}f}–{high:.{digits}f}{unit})"
+
+
+def _failure(r: dict[str, object]) -> str:
+    """The median failure → all exited with its spread, or how many runs never exited."""
+    latency, hung, runs = r["failure_latency"], r["failure_hung"], r["failure_runs"]
+    if latency is not None:
+        assert isinstance(latency, float)
+        return f"{latency * 1000:.0f} ms" + _range(r["failure_spread"], 1000, "")
+    bounds = r["failure_spread"]
+    if not isinstance(bounds, list):
+        return f"never exits in {hung} of {runs} runs"
+    others = _range(bounds, 1000, " ms") or f" {bounds[0] * 1000:.0f} ms"
+    return f"never exits in {hung} of {runs} runs; the others{others}"
 
 
 def machine() -> dict[str, object]:
@@ -680,7 +721,8 @@ def plan_for(args: argparse.Namespace) -> Plan:
         not args.quick or bool(args.multi_node_only or args.agents)
     )
     return Plan(
-        sizes=[] if args.rest_only else args.sizes or sizes, agents=args.agents or FULL_AGENTS,
+        sizes=[] if args.rest_only or args.multi_node_only else args.sizes or sizes,
+        agents=args.agents or FULL_AGENTS,
         repeats=repeats, lines=lines, failure_rounds=min(failure_rounds, repeats),
         launch=not args.multi_node_only, rest=not (args.launch_only or args.multi_node_only),
         multi=multi,
@@ -729,7 +771,8 @@ def report(
             f"({plan.failure_rounds} for failure); no baseline, the bare loop has no nodes. "
             "On failure the last node's rank exits 3 once every rank is up; exit codes are "
             f"per agent in launch order, and an agent still running {MULTI_HANG_S:g} s after "
-            "the failure never exits; leftovers are counted one second after it.",
+            "the failure never exits; leftovers are counted one second after it. In brackets: "
+            "the fastest and slowest run.",
             "", multi_table(multi_rows, multi_absent),
         ]  # fmt: skip
     return "\n".join(text)

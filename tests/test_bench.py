@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -36,3 +37,48 @@ def test_the_full_run_and_an_explicit_ask_keep_the_multi_node_rows(
     assert full.agents == compare.FULL_AGENTS and full.repeats == 5
     assert plan(compare, monkeypatch, "--quick", "--agents", "2").multi
     assert plan(compare, monkeypatch, "--quick", "--multi-node-only").multi
+
+
+def test_the_multi_node_rows_run_8_agents_and_wait_longer_for_more(
+    compare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    only = plan(compare, monkeypatch, "--multi-node-only")
+    assert only.agents == [2, 4, 8] and only.multi
+    assert only.sizes == []  # no launch rows, so no plot of them
+    assert compare.multi_start_s(8) > compare.multi_start_s(2) >= compare.MULTI_START_S
+
+
+def _runs(latencies: list[float | None]) -> list[dict[str, object]]:
+    return [{"latency_s": s, "failed": True, "exit_codes": [3, 3], "leftovers": 0}
+            for s in latencies]  # fmt: skip
+
+
+def test_the_failure_figure_shows_its_spread_or_how_often_agents_hung(
+    compare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = {"first_rank_s": 1.5, "all_exited_s": 1.6, "exit_codes": [0, 0]}
+    across = {
+        "rankrun": {"launch_2": [launch] * 3, "failure_2": _runs([0.149, 0.121, 0.180])},
+        "torchrun": {"launch_2": [launch] * 3, "failure_2": _runs([None, 0.4, None])},
+    }
+    rows = compare.summarize_multi(across, plan(compare, monkeypatch, "--agents", "2"))
+    text = compare.multi_table(rows, [])
+    assert "| 149 ms (121–180) |" in text
+    assert "| never exits in 2 of 3 runs; the others 400 ms |" in text
+
+
+def test_the_parts_of_a_launch_across_nodes_add_up_to_its_first_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    parts = load_bench("multi_launch_parts")
+    steps = ["python_up", "torch_import.start", "torch_import.end", "store.end",
+             "wait_joined.start", "join.end", "host.start", "host.end", "attempt_0.start",
+             "attempt_0.end", "spawn.start", "rank"]  # fmt: skip
+    # Node 1 claims last, node 0's rank runs first: the path crosses from one to the other.
+    node0 = {step: 0.1 * i for i, step in enumerate(steps)}
+    node1 = {**node0, "wait_joined.start": 0.45, "rank": 1.5}
+    cut = parts.parts_of({"agents": [node0, node1]})
+    assert sum(cut.values()) == pytest.approx(node0["rank"])
+    assert cut["claim (job key, claim, counters)"] == pytest.approx(0.45 - 0.3)
+    assert cut["join: last claim -> verdict"] == pytest.approx(0.5 - 0.45)
