@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import load_bench
+from conftest import Runs, load_bench
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,25 @@ def test_the_parts_of_a_launch_across_nodes_add_up_to_its_first_rank(
     assert sum(cut.values()) == pytest.approx(node0["rank"])
     assert cut["claim (job key, claim, counters)"] == pytest.approx(0.45 - 0.3)
     assert cut["join: last claim -> verdict"] == pytest.approx(0.5 - 0.45)
+
+
+@pytest.mark.slow
+def test_scale_quick_reports_every_figure_and_leaves_nothing_behind(runs: Runs) -> None:
+    """bench/scale.py --quick runs the real control plane at 16 and 256 simulated nodes."""
+    out = runs.workdir / "scale"
+    bench = Path(__file__).parents[1] / "bench" / "scale.py"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--out", str(out)],
+                          env=runs.env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((out / "scale.json").read_text())
+    assert [r["n"] for r in data["new"]] == [16, 256] == [r["n"] for r in data["old"]]
+    for row in data["new"]:
+        assert row["join_s"] >= 0 and row["fanout_ms"]["count"] == 2 * (row["n"] - 1)
+        assert 0 < row["fanout_ms"]["p50"] <= row["fanout_ms"]["p99"] <= row["fanout_ms"]["max"]
+        assert 0.5 < row["lost_over_timeout"] < 10
+        assert row["requests_per_s"] > 0 and row["store_cpu_pct"] >= 0
+        assert row["agent_rss_mib"] > 0 and row["agent_cpu_pct"] >= 0
+    assert data["old"][-1]["demanded_requests_per_s"] > 10 * data["new"][-1]["requests_per_s"]
+    assert "store_share" in data["new"][-1]
+    table = (out / "scale.md").read_text()
+    assert "| 256 |" in table and "Old design" in table
