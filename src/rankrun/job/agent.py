@@ -47,10 +47,11 @@ class Agent:
         self._opened = joined.opened  # the first attempt's workers' store port
         self._job_attempts: list[Attempt] = []  # node 0: each attempt across every node
         self._results: dict[int, control.NodeResult] = {}  # node 0: the last attempt's
-        stall = f"stalled: no rank wrote a line for {plan.stall_timeout:g} s"
-        halt = Halt(stall, STALL_EXIT_CODE) if plan.on_stall == "stop" else None
+        stall, halt = plan.stall_timeout or 0.0, None
+        if stall and plan.on_stall == "stop":
+            halt = Halt(f"stalled: no rank wrote a line for {stall:g} s", STALL_EXIT_CODE)
         self.link = Link(store, joined.nodes, plan.node_rank, plan.nnodes,
-                         plan.rendezvous.node_timeout, halt, plan.stall_timeout or 0.0)  # fmt: skip
+                         plan.rendezvous.node_timeout, halt, stall)  # fmt: skip
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
