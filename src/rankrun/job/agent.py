@@ -55,23 +55,24 @@ class Agent:
 
     @classmethod
     def join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
-             printer: Printer, quiet: bool = False) -> Agent:  # fmt: skip
-        """Meet the other nodes and agree on the job, or raise UsageError. Spawns nothing."""
+             printer: Printer, quiet: bool = False, held: int | None = None) -> Agent:  # fmt: skip
+        """Meet the other nodes and agree on the job, or raise UsageError. Spawns nothing.
+        ``held``: the store's port, listened on already (``hold_store_port``)."""
         try:
-            return cls._join(plan, script, args, run_id_given, printer, quiet)
+            return cls._join(plan, script, args, run_id_given, printer, quiet, held)
         except control.ControlError as e:
             raise UsageError(str(e)) from None
 
     @classmethod
     def _join(cls, plan: Plan, script: str, args: Sequence[str], run_id_given: bool,
-              printer: Printer, quiet: bool) -> Agent:  # fmt: skip
+              printer: Printer, quiet: bool, held: int | None) -> Agent:  # fmt: skip
         from rankrun.base.version import VERSION
 
         _bound_name_lookups()
         meeting = plan.rendezvous
         addr, port = meeting.master_addr, meeting.master_port
         name = os.uname().nodename
-        server = _host(plan, name, printer)
+        server = _host(plan, name, printer, held)
         if server is not None:
             client = server
         else:
@@ -259,25 +260,33 @@ class Agent:
         _restore_name_lookups()
 
 
-def _host(plan: Plan, hostname: str, printer: Printer) -> Any | None:
-    """Node 0's store, served and announced here; None where this agent joins as a client.
+def hold_store_port(plan: Plan) -> int | None:
+    """The store's port, listened on before torch's import, where this agent hosts the job;
+    None where it joins as a client.
 
     Given a node rank, node 0 hosts. Given none (c10d), the agent that can host the endpoint
     does, as torchrun's: its address is this host's and the port binds. Of several agents
     on this host, the first to bind hosts; the others find the port in use, and join.
     """
     meeting = plan.rendezvous
-    addr, port = meeting.master_addr, meeting.master_port
     at_join = meeting.node_rank_at_join
-    if not control.is_local(addr) if at_join else plan.node_rank != 0:
+    if not control.is_local(meeting.master_addr) if at_join else plan.node_rank != 0:
         return None
-    control.open_files_for(2 * plan.nnodes)
     try:
-        server = control.serve(addr, port)
+        return control.hold(meeting.master_port)
     except control.PortInUse:
         if not at_join:
             raise  # node 0's port, taken: a stale run?
         return None  # another agent on this host hosts the job
+
+
+def _host(plan: Plan, hostname: str, printer: Printer, held: int | None) -> Any | None:
+    """Node 0's store, served on the port it holds and announced; None for a client."""
+    if held is None:
+        return None
+    addr, port = plan.rendezvous.master_addr, plan.rendezvous.master_port
+    control.open_files_for(2 * plan.nnodes)
+    server = control.serve(addr, port, held=held)
     job = control.JobInfo(plan.run_id, hostname, port, _now(), plan.nnodes, "")
     control.announce(server, job)
     note = control.listen_queue_note(plan.nnodes)

@@ -88,16 +88,24 @@ def _join(
 ) -> Agent:
     """A multi-node run: meet the other nodes through torch's store, or say why not."""
     from rankrun.job import control
+    from rankrun.job.agent import hold_store_port
 
+    try:
+        held = hold_store_port(plan)
+    except control.ControlError as e:
+        raise UsageError(str(e)) from None
     try:
         control.torch_distributed()
     except ImportError:
+        if held is not None:
+            os.close(held)
         raise UsageError(
             f"--nnodes {plan.nnodes} needs torch, to coordinate the nodes: pip install torch"
         ) from None
     from rankrun.job.agent import Agent
 
-    return Agent.join(plan, script, args, options.run_id is not None, printer, options.quiet)
+    return Agent.join(plan, script, args, options.run_id is not None, printer, options.quiet,
+                      held)  # fmt: skip
 
 
 def _make_log_root(root: str, options: Options) -> None:

@@ -90,8 +90,37 @@ def torch_distributed() -> Any:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
-    """Node 0: serve the store on every interface at ``port`` (0: a free one, see ``.port``).
+def hold(port: int) -> int:
+    """Node 0, before torch's import: listen on ``port`` on every interface, and return the
+    socket's fd for ``serve``. Agents that dial while torch loads (a second or more) wait in
+    the listen queue, instead of being refused and backing off in torch's client (0.3 s,
+    then longer). Raises ``PortInUse``."""
+    import errno
+    import socket
+
+    try:
+        if socket.has_dualstack_ipv6():
+            held = socket.create_server(("", port), family=socket.AF_INET6, backlog=65535,
+                                        dualstack_ipv6=True)  # fmt: skip
+        else:
+            held = socket.create_server(("", port), backlog=65535)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(_in_use(port)) from None
+        raise ControlError(f"could not listen on --master-port {port}: {e.strerror}") from None
+    return held.detach()
+
+
+def _in_use(port: int) -> str:
+    return (
+        f"--master-port {port} is in use on this host, perhaps by a stale run: "
+        "end it, or choose another --master-port for every node"
+    )
+
+
+def serve(addr: str, port: int, *, timeout: float = 30.0, held: int | None = None) -> Any:
+    """Node 0: serve the store on every interface at ``port`` (0: a free one, see ``.port``),
+    on the socket ``hold`` made, if given.
 
     torch's server connects to itself at ``addr``, so ``addr`` must reach this host.
     """
@@ -99,16 +128,14 @@ def serve(addr: str, port: int, *, timeout: float = 30.0) -> Any:
 
     def serve() -> Any:
         delta = timedelta(seconds=timeout)
-        return dist.TCPStore(addr, port, None, True, delta, wait_for_workers=False)
+        return dist.TCPStore(addr, port, None, True, delta, wait_for_workers=False,
+                             master_listen_fd=held)  # fmt: skip
 
     try:
         return bounded(serve, timeout + 5, f"hosting the store at {addr}:{port}")
     except RuntimeError as e:
         if "EADDRINUSE" in str(e):
-            raise PortInUse(
-                f"--master-port {port} is in use on this host, perhaps by a stale run: "
-                "end it, or choose another --master-port for every node"
-            ) from None
+            raise PortInUse(_in_use(port)) from None
         raise ControlError(
             f"could not host the job's store at {addr}:{port}: {first_line(e)}; node 0 "
             "connects to its own store at --master-addr: is it this host's address?"
