@@ -196,28 +196,41 @@ class Link:
         return self.heartbeat.cut_off()
 
     def _hear(self) -> None:
-        """Block on each attempt's end, then on its conclusion, as the store pushes them."""
-        try:
-            mine = self.store.clone()
-            number = 0
-            while not self._closing.is_set():
-                end = control.await_end(mine, number, WAIT_CHUNK)
-                if end is None:
-                    continue
-                self.ends[number] = end
-                if end.halts(self.node_rank):
-                    self._tell(number, Halted(end.reason, end.code, end.signal))
-                while (lost := control.await_over(mine, number, WAIT_CHUNK)) is None:
-                    if self._closing.is_set():
-                        return
-                self.overs[number] = lost
-                self._wake()
-                number += 1
-        except RuntimeError:
-            return  # node 0's store is gone: the clock thread judges whether that cuts us off
+        """Block on each attempt's end, then on its conclusion, as the store pushes them.
+
+        A failed call (a connection refused in a storm of them, a store that went away) is
+        tried again on a new connection, backing off: a node that stopped hearing would wait
+        for an end that came. Whether this node is cut off is the clock thread's to judge.
+        """
+        number, failures = 0, 0
+        while not self._closing.is_set():
+            try:
+                mine = self.store.clone()
+                while not self._closing.is_set():
+                    number = self._hear_attempt(mine, number)
+                    failures = 0
+            except RuntimeError:
+                failures += 1
+                self._closing.wait(control.backoff(failures))
+
+    def _hear_attempt(self, mine: control.JobStore, number: int) -> int:
+        """Attempt ``number``'s end and conclusion, once each is there; the next to hear."""
+        if number not in self.ends:
+            end = control.await_end(mine, number, WAIT_CHUNK)
+            if end is None:
+                return number
+            self.ends[number] = end
+            if end.halts(self.node_rank):
+                self._tell(number, Halted(end.reason, end.code, end.signal))
+        lost = control.await_over(mine, number, WAIT_CHUNK)
+        if lost is None:
+            return number
+        self.overs[number] = lost
+        self._wake()
+        return number + 1
 
     def _watch_clock(self) -> None:
-        while not self._closing.wait(min(self.heartbeat.interval / 2, 0.5)):
+        while not self._closing.wait(self.heartbeat.interval):
             self.heartbeat.awake()
             if self.heartbeat.cut_off():
                 self._tell(self.attempt_number, Halted(self.cut_off_reason(), 1))
