@@ -401,7 +401,12 @@ def test_ranks_on_every_node_get_an_error_file_and_the_env_dry_run_shows(runs: R
     (code0, err0), (code1, err1) = job.finish()
     assert (code0, code1) == (1, 1), err0
     assert "ValueError: shard 7 is missing" in err0[err0.index("root cause") :]
-    anew = ("MASTER_PORT", "RANKRUN_RUN_TOKEN", "TORCHELASTIC_ERROR_FILE")
+    anew = (
+        "MASTER_PORT",
+        "RANKRUN_RUN_TOKEN",
+        "TORCHELASTIC_ERROR_FILE",
+        "TORCH_WORKER_SERVER_SOCKET",
+    )
     for rank in (0, 1):
         real = json.loads((runs.workdir / f"env.{rank}").read_text())
         assert real["TORCHELASTIC_ERROR_FILE"].endswith(f"/error_0_{rank}.json")
