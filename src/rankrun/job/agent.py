@@ -122,6 +122,7 @@ class Agent:
         plan = self.plan._replace(rendezvous=meeting)
         attempt = Gang(plan, number, host, printer, self.link).supervise()
         result = self._result(attempt)
+        self._try(self.link.flush)
         if attempt.interrupted_by:
             self._try(lambda: control.publish_interrupt(self.store, number))
         self._try(lambda: control.publish_result(self.store, number, result, self.plan.nnodes))
