@@ -1,38 +1,41 @@
 """A randomized fault loop against real rankrun launchers and node agents.
 
     python bench/fault_loop.py [--cases 80] [--seed S] [--single-only | --multi-only]
-                               [--time-limit 900] [--out FILE] [--avoid-known]
+                               [--time-limit 900] [--out FILE]
 
 Each case is drawn from its own seed, printed on its line, and replays alone with
-``--seed S --cases 1``: an even seed is one launcher of 2 to 4 ranks, an odd one two node
-agents on loopback (``--nnodes 2``, 1 or 2 ranks each, ``--node-timeout 2``,
-``--shutdown-timeout 2``). Each rank exits 0, fails with its own code, dies of a signal or
-hangs, after a while; some ignore SIGTERM, some start a child that starts a ``setsid``
-daemon. Zero to two faults land on a launcher or an agent at a random moment after the start
-(start-up, an agent's torch import, the join), after every rank is up, or after the first
-rank ended (the teardown): SIGKILL, SIGTERM, SIGINT, SIGHUP, or SIGSTOP and SIGCONT after a
-pause that is sometimes longer than --node-timeout.
+``--seed S --cases 1``: an even seed is one launcher of 2 to 4 ranks, an odd one two or
+three node agents on loopback (``--nnodes 2`` or ``3``, 1 or 2 ranks each, ``--node-timeout
+2``, ``--shutdown-timeout 2``). Each rank exits 0, fails with its own code, dies of a signal
+or hangs, after a while; some ignore SIGTERM, some start a child that starts a ``setsid``
+daemon. Zero to two faults land on a launcher or any agent at a random moment after the
+start (start-up, an agent's torch import, the join), after every rank is up, or after the
+first rank ended (the teardown): SIGKILL, SIGTERM, SIGINT, SIGHUP, or SIGSTOP and SIGCONT
+after a pause that is sometimes longer than --node-timeout. An agent may also stay stopped
+for the whole job (at most one per case): it gets its SIGCONT only once every other agent
+has exited, and must then end too.
 
 Every process a case starts carries a tag in its environment. A case passes when, within
 shutdown + node timeout + 10 s of its last event (a fatal fault, a SIGCONT, the failure or
-the end of every rank), every launcher has exited with a plausible code (a failing rank's
+the end of every rank; a join's worth more where a fault hit before every rank was up),
+every launcher has exited with a plausible code (a failing rank's
 own, 128+N for a signal N sent to it or, across nodes, to the job, 1 for a lost node, 0 only
 when every rank exited 0), without a traceback, and nothing tagged is left alive shortly
-after. The guardian (comm ``rankrun-guard``) outlives a SIGKILLed launcher by design for
-about a second, up to the grace period: one still there later is counted apart. What is
-left is ended by pid, and recorded as a finding with the case's seed.
-
-``--avoid-known`` leaves out the patterns of two defects of 0.2's agents (issue 18): a SIGKILL
-of node 1, and a SIGSTOP of node 0 longer than --node-timeout. tests/test_fault_loop.py runs a
-few cases with it; the long run here includes them.
+after. A report that names a node lost must name one that a fault reached, and its root
+cause must be a rank drawn to fail, on its own node. The guardian (comm ``rankrun-guard``)
+outlives a SIGKILLed launcher by design for about a second, up to the grace period: one
+still there later is counted apart. What is left is ended by pid, and recorded as a finding
+with the case's seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +58,7 @@ GUARDIAN = "rankrun-guard"
 NODE_TIMEOUT, SHUTDOWN = 2.0, 2.0
 BOUND_S = SHUTDOWN + NODE_TIMEOUT + 10  # from a case's last event to every launcher's exit
 JOIN_TIMEOUT = 12.0  # an agent whose peer died before the join waits this long, as told
+JOIN_SLACK = 2 * JOIN_TIMEOUT + 10  # the join, its abort's linger, and a slow torch import
 CAP_S = 120.0  # a case that never reached its end: every case is drawn to have one
 FATAL = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RANK_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGUSR1)
@@ -100,7 +104,7 @@ class Fault(NamedTuple):
     signum: int
     anchor: str  # start, up (every rank up) or ending (the first rank ended)
     offset: float
-    pause: float  # SIGSTOP only: how long until SIGCONT
+    pause: float  # SIGSTOP only: how long until SIGCONT; inf: once every other agent exited
 
 
 class Case(NamedTuple):
@@ -109,7 +113,6 @@ class Case(NamedTuple):
     per_node: int
     ranks: tuple[Rank, ...]
     faults: tuple[Fault, ...]
-    avoid_known: bool
 
     @property
     def multi(self) -> bool:
@@ -122,17 +125,22 @@ class Finding(NamedTuple):
     detail: str
 
 
-def draw_case(seed: int, avoid_known: bool = False) -> Case:
+def draw_case(seed: int) -> Case:
     rng = random.Random(seed)
-    nodes = 2 if seed % 2 else 1
+    nodes = rng.choice((2, 2, 3)) if seed % 2 else 1
     per_node = rng.randint(1, 2) if nodes > 1 else rng.randint(2, 4)
     ranks = tuple(_draw_rank(rng) for _ in range(nodes * per_node))
     count = rng.choices((0, 1, 2), weights=(1, 6, 3))[0]
-    faults = [_draw_fault(rng, nodes, avoid_known) for _ in range(count)]
+    faults: list[Fault] = []
+    for _ in range(count):
+        fault = _draw_fault(rng, nodes)
+        if math.isinf(fault.pause) and any(math.isinf(f.pause) for f in faults):
+            fault = fault._replace(pause=NODE_TIMEOUT * 2)  # one agent stays stopped, at most
+        faults.append(fault)
     ends = any(r.fails() for r in ranks) or all(r.end != "hang" for r in ranks)
     if not ends and not any(f.signum in FATAL for f in faults):
-        faults.append(_draw_fault(rng, nodes, avoid_known, fatal_after_up=True))
-    return Case(seed, nodes, per_node, ranks, tuple(faults), avoid_known)
+        faults.append(_draw_fault(rng, nodes, fatal_after_up=True))
+    return Case(seed, nodes, per_node, ranks, tuple(faults))
 
 
 def _draw_rank(rng: random.Random) -> Rank:
@@ -141,20 +149,18 @@ def _draw_rank(rng: random.Random) -> Rank:
                 int(rng.choice(RANK_SIGNALS)), rng.random() < 0.3, rng.random() < 0.3)  # fmt: skip
 
 
-def _draw_fault(rng: random.Random, nodes: int, avoid_known: bool,
-                fatal_after_up: bool = False) -> Fault:  # fmt: skip
+def _draw_fault(rng: random.Random, nodes: int, fatal_after_up: bool = False) -> Fault:
     node = rng.randrange(nodes)
     choices: tuple[int, ...] = FATAL if fatal_after_up else (*FATAL, signal.SIGSTOP, signal.SIGSTOP)
-    if avoid_known and nodes > 1 and node == 1:
-        choices = tuple(s for s in choices if s != signal.SIGKILL)
     signum = int(rng.choice(choices))
     anchor = "up" if fatal_after_up else rng.choice(("start", "start", "up", "ending"))
-    start_span = 3.0 if nodes > 1 else 0.8  # an agent imports torch, then joins
+    start_span = 4.0 if nodes > 1 else 0.8  # an agent imports torch, then joins
     offset = rng.uniform(0.02, start_span) if anchor == "start" else rng.uniform(0.0, 3.0)
-    pause = rng.uniform(0.1, 5.0) if signum == signal.SIGSTOP else 0.0
-    if avoid_known and nodes > 1 and node == 0:
-        pause = min(pause, NODE_TIMEOUT / 2)
-    return Fault(node, signum, anchor, round(offset, 3), round(pause, 3))
+    pause = 0.0
+    if signum == signal.SIGSTOP:  # past --node-timeout about half the time, or for good
+        forever = nodes > 1 and rng.random() < 0.2
+        pause = math.inf if forever else round(rng.uniform(0.1, 5.0), 3)
+    return Fault(node, signum, anchor, round(offset, 3), pause)
 
 
 def describe(case: Case) -> str:
@@ -167,9 +173,9 @@ def describe(case: Case) -> str:
 
     def fault(f: Fault) -> str:
         text = f"{signal.Signals(f.signum).name}>{f.node}@{f.anchor}+{f.offset:g}"
-        return text + (f"/{f.pause:g}s" if f.pause else "")
+        return text + ("/late" if math.isinf(f.pause) else f"/{f.pause:g}s" if f.pause else "")
 
-    shape = f"2x{case.per_node}" if case.multi else f"1x{case.per_node}"
+    shape = f"{case.nodes}x{case.per_node}"
     return f"{shape} ranks[{' '.join(map(rank, case.ranks))}] " \
            f"faults[{' '.join(map(fault, case.faults)) or '-'}]"  # fmt: skip
 
@@ -214,6 +220,7 @@ class Run:
         self.conts: list[tuple[float, Launcher]] = []
         self.events: list[float] = []  # fatal faults, SIGCONTs, the failure, every rank's end
         self.delivered: list[str] = []
+        self.hit: set[int] = set()  # the nodes a fault reached
         self.hit_before_up = False
         ranks = [r._asdict() for r in case.ranks]
         (workdir / "ranks.json").write_text(json.dumps(ranks))
@@ -228,13 +235,17 @@ class Run:
                   "--shutdown-timeout", str(SHUTDOWN)]  # fmt: skip
         if not case.multi:
             return [Launcher(0, [*common, "--master-port", "0", "rank.py"], env, self.workdir)]
-        common += ["--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port",
+        common += ["--nnodes", str(case.nodes), "--master-addr", "127.0.0.1", "--master-port",
                    str(free_port()), "--node-timeout", str(NODE_TIMEOUT),
                    "--rdzv-conf", f"join_timeout={JOIN_TIMEOUT:g}"]  # fmt: skip
-        stagger = random.Random(case.seed + 1).uniform(0.0, 0.5)
-        node0 = Launcher(0, [*common, "--node-rank", "0", "rank.py"], env, self.workdir)
-        time.sleep(stagger)
-        return [node0, Launcher(1, [*common, "--node-rank", "1", "rank.py"], env, self.workdir)]
+        stagger = random.Random(case.seed + 1)
+        launchers = []
+        for node in range(case.nodes):
+            if node:
+                time.sleep(stagger.uniform(0.0, 0.5))
+            argv = [*common, "--node-rank", str(node), "rank.py"]
+            launchers.append(Launcher(node, argv, env, self.workdir))
+        return launchers
 
     def drive(self) -> None:
         """Deliver the faults as their moments come, until every launcher exited or the bound."""
@@ -258,7 +269,10 @@ class Run:
             return start + CAP_S
         bound = max(self.events) + BOUND_S
         if self.case.multi and self.hit_before_up:
-            bound = max(bound, start + JOIN_TIMEOUT + BOUND_S)
+            # An agent that had not joined when a fault hit may then wait out its own join,
+            # which starts only after its torch import (seconds, more on a loaded machine),
+            # or start it only now, after a SIGCONT.
+            bound += JOIN_SLACK
         return bound
 
     def all_ended(self) -> bool:
@@ -288,6 +302,7 @@ class Run:
             if not launcher.send(fault.signum, before_ranks=_count(self.workdir, "up.*") == 0):
                 continue
             moment = now - launcher.started
+            self.hit.add(fault.node)
             self.delivered.append(f"{signal.Signals(fault.signum).name}>{fault.node}@{moment:.2f}")
             if "up" not in self.anchors:
                 self.hit_before_up = True
@@ -295,9 +310,13 @@ class Run:
                 self.conts.append((now + fault.pause, launcher))
             else:
                 self.events.append(now)
-        for moment, launcher in list(self.conts):
+        for entry in list(self.conts):
+            moment, launcher = entry
+            if math.isinf(moment) and not any(x.running() for x in self.launchers
+                                              if x is not launcher):  # fmt: skip
+                moment = now  # stopped for the whole job: continued once the others are gone
             if now >= moment:
-                self.conts.remove((moment, launcher))
+                self.conts.remove(entry)
                 _signal(launcher.proc.pid, signal.SIGCONT)
                 self.events.append(now)
 
@@ -357,11 +376,35 @@ def _check_launcher(case: Case, launcher: Launcher, run: Run) -> list[Finding]:
         findings.append(Finding("traceback", node, _tail("\n".join(own_lines), 1500)))
     if code not in plausible_codes(case, launcher, run):
         findings.append(Finding("code", node, f"exit code {code}; stderr: {_tail(err)}"))
+    findings += [Finding("blame", node, why) for why in _misblamed(case, run, own_lines)]
     if _lost_signal(launcher, code, err):
         sent_to = launcher.fatal_sent
         sent = ", ".join(f"{signal.Signals(s).name} at {t:.2f} s" for s, t, _ in sent_to)
         findings.append(Finding("lost_signal", node, f"exit code {code} after {sent}"))
     return findings
+
+
+_LOST = re.compile(r"(\d+) \([^()]*, pid \d+\)")
+_ROOT = re.compile(r"root cause: rank (\d+) \(local rank \d+, (?:node (\d+), )?")
+
+
+def _misblamed(case: Case, run: Run, own_lines: list[str]) -> list[str]:
+    """What a report says that the case's faults can't explain: a node lost that no fault
+    reached, or a root cause that is not a rank drawn to fail, or not on its node."""
+    wrong = []
+    for ln in own_lines:
+        if "lost: no heartbeat" in ln:
+            named = {int(n) for n in _LOST.findall(ln.split(" lost: ")[0])}
+            if named - run.hit:
+                wrong.append(f"names node(s) {sorted(named - run.hit)} lost, but faults hit "
+                             f"{sorted(run.hit) or 'none'}: {ln}")  # fmt: skip
+        if (root := _ROOT.search(ln)) is not None:
+            rank, node = int(root[1]), root[2]
+            if not case.ranks[rank].fails() or (
+                node is not None and int(node) != rank // case.per_node
+            ):
+                wrong.append(f"root cause is not a rank drawn to fail there: {ln}")
+    return wrong
 
 
 def _lost_signal(launcher: Launcher, code: int, err: str) -> bool:
@@ -414,31 +457,12 @@ def _tail(text: str, chars: int = 600) -> str:
     return text[-chars:].replace("\n", " | ")
 
 
-KNOWN = {
-    "known-1": "a node lost during a failure's teardown hangs node 0",
-    "known-2": "node 0 stopped past --node-timeout hangs after it continues",
-}
-
-
-def known_pattern(case: Case, findings: list[Finding]) -> str | None:
-    """Which of issue 18's open defects a multi-node case's hang matches, if any."""
-    if not case.multi or not any(f.kind == "outlived" and f.node == 0 for f in findings):
-        return None
-    if any(f.node == 0 and f.signum == signal.SIGSTOP and f.pause > NODE_TIMEOUT
-           for f in case.faults):  # fmt: skip
-        return "known-2"
-    if any(f.node == 1 and f.signum == signal.SIGKILL for f in case.faults):
-        return "known-1"
-    return None
-
-
 class Result(NamedTuple):
     case: Case
     codes: list[int | None]
     took: float
     delivered: list[str]
     findings: list[Finding]
-    known: str | None
 
 
 def _heed_signals() -> None:
@@ -466,7 +490,7 @@ def run_case(case: Case) -> Result:
                     launcher.proc.wait()
         took = max(x.exited_at or time.monotonic() for x in run.launchers) - run.anchors["start"]
         codes = [x.proc.returncode for x in run.launchers]
-    return Result(case, codes, took, run.delivered, findings, known_pattern(case, findings))
+    return Result(case, codes, took, run.delivered, findings)
 
 
 def line(result: Result) -> str:
@@ -477,19 +501,16 @@ def line(result: Result) -> str:
     if not result.findings:
         return head + "  ok"
     kinds = ",".join(sorted({f.kind for f in result.findings}))
-    known = f" ({result.known})" if result.known else ""
-    replay = f"python bench/fault_loop.py --seed {case.seed} --cases 1" + (
-        " --avoid-known" * case.avoid_known
-    )
+    replay = f"python bench/fault_loop.py --seed {case.seed} --cases 1"
     details = "".join(f"\n    {f.kind} node {f.node}: {f.detail}" for f in result.findings)
-    return f"{head}  FINDING {kinds}{known}; replay: {replay}{details}"
+    return f"{head}  FINDING {kinds}; replay: {replay}{details}"
 
 
 def summary(results: list[Result]) -> tuple[str, dict[str, object]]:
     kinds: Counter[str] = Counter()
     for r in results:
         for kind in {f.kind for f in r.findings}:
-            kinds[f"{kind} ({r.known})" if r.known else kind] += 1
+            kinds[kind] += 1
     single = sum(1 for r in results if not r.case.multi)
     failed = [r.case.seed for r in results if r.findings]
     rows = [
@@ -497,8 +518,6 @@ def summary(results: list[Result]) -> tuple[str, dict[str, object]]:
         f"cases with findings: {len(failed)}" + (f" (seeds {failed})" if failed else ""),
     ]
     rows += [f"  {kind:<36} {n} case(s)" for kind, n in sorted(kinds.items())]
-    rows += [f"  {name}: {text}" for name, text in KNOWN.items() if any(
-        r.known == name for r in results)]  # fmt: skip
     data = {"cases": len(results), "single": single, "multi": len(results) - single,
             "findings_by_kind": dict(kinds), "seeds_with_findings": failed}  # fmt: skip
     return "\n".join(rows), data
@@ -508,10 +527,9 @@ def as_json(result: Result) -> dict[str, object]:
     case = result.case
     return {
         "seed": case.seed, "case": describe(case), "codes": result.codes,
-        "took_s": round(result.took, 2), "sent": result.delivered, "known": result.known,
+        "took_s": round(result.took, 2), "sent": result.delivered,
         "findings": [f._asdict() for f in result.findings],
-        "replay": f"python bench/fault_loop.py --seed {case.seed} --cases 1"
-        + (" --avoid-known" * case.avoid_known),
+        "replay": f"python bench/fault_loop.py --seed {case.seed} --cases 1",
     }  # fmt: skip
 
 
@@ -532,8 +550,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kind.add_argument("--multi-only", action="store_true", help="odd seeds only")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds; no new case after")
     parser.add_argument("--out", default=None, help="write the cases and the summary as JSON")
-    parser.add_argument("--avoid-known", action="store_true",
-                        help="leave out the patterns of issue 18's two agent defects")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -548,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.time_limit is not None and time.monotonic() - began >= a.time_limit:
             print(f"time limit of {a.time_limit:g} s reached", flush=True)
             break
-        results.append(run_case(draw_case(seed, a.avoid_known)))
+        results.append(run_case(draw_case(seed)))
         print(line(results[-1]), flush=True)
     table, data = summary(results)
     print(table)

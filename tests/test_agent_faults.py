@@ -122,3 +122,34 @@ def test_a_node_whose_ranks_finished_does_not_end_0_when_the_job_is_lost(runs: R
     code0, err0 = finish(node0)
     assert code0 == 1, err0[-2000:]
     assert "node 1" in err0 and "lost" in err0, err0[-2000:]
+
+
+# Node 1's rank exits 0 at once; node 0's fails once node 1's has ended, so that node 0's
+# result, published right after its only rank failed, is the last one.
+LAST_FAILS = """
+import os, sys, time
+rank, round_ = os.environ["RANK"], os.environ["ROUND"]
+if rank == "1":
+    open(f"done.{round_}", "w").close()
+    sys.exit(0)
+while not os.path.exists(f"done.{round_}"):
+    time.sleep(0.01)
+time.sleep(0.5)
+sys.exit(7)
+"""
+ROUNDS = 6  # without the fix, a round lost the race one time in four to seven here
+
+
+@pytest.mark.slow
+def test_a_failure_on_the_node_that_ends_the_attempt_last_is_the_job_s_end(runs: Runs) -> None:
+    """The node whose result is the last ends the attempt as done; its own failure, queued
+    to the link's thread just before, must reach the store first, or the others exit 0."""
+    runs.script("rank.py", LAST_FAILS, executable=False)
+    for round_ in range(ROUNDS):
+        runs.env["ROUND"] = str(round_)
+        flags = ["--nnodes", "2", "--master-port", str(free_port()), "--node-timeout", "5"]
+        node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
+        code1, err1 = finish(node1)
+        code0, err0 = finish(node0)
+        assert (code0, code1) == (7, 7), (round_, err0[-2000:], err1[-2000:])
+        assert "root cause: rank 0" in err0, err0[-2000:]

@@ -592,3 +592,41 @@ def test_a_question_rides_the_next_beat_and_node_0_gets_every_answer() -> None:
         control.answer(beats[r].store, number, r, f'{{"node": {r}}}')
     got = control.await_answers(beats[0].store, number, [0, 1, 2], timeout=0.5)
     assert got == {0: b'{"node": 0}', 2: b'{"node": 2}'}
+
+
+class StoppedInCall:
+    """A real client, in a process that is stopped (SIGSTOP) for ``pause`` seconds of the
+    fake clock while its next ``add`` is under way."""
+
+    def __init__(self, client: Any, now: list[float]) -> None:
+        self.client, self.now, self.pause = client, now, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+
+        def stopped_in(*args: Any) -> Any:
+            if name == "add" and self.pause:
+                self.now[0] += self.pause
+                self.pause = 0.0
+            return call(*args)
+
+        return stopped_in
+
+
+def test_node_0_stopped_in_a_heartbeat_call_knows_it_was_stopped_and_blames_no_one() -> None:
+    job = Job(2)
+    now = [0.0]
+    for r in (0, 1):
+        job.server.add(job.store().keys.heartbeat(r), 0)
+    stopping = StoppedInCall(job.client(), now)
+    beat0 = control.Heartbeat(
+        control.JobStore(stopping, "job-t"), 0, 2, timeout=2, clock=lambda: now[0]
+    )
+    beat1 = control.Heartbeat(job.store(), 1, 2, timeout=2, clock=lambda: now[0])
+    for t in (0.5, 1.0):
+        now[0] = t
+        assert beat1.tick() == [] and beat0.tick() == []
+    stopping.pause = 5.0  # past the timeout: node 1 has given node 0 up by the time it runs
+    now[0] = 1.5
+    assert beat0.tick() == [], "node 0 was the one stopped, not node 1"
+    assert beat0.frozen_for == pytest.approx(5.0) and beat0.cut_off()

@@ -1,13 +1,11 @@
 """A few cases of bench/fault_loop.py's randomized faults, drawn from fixed seeds: no launcher
 or agent outlives its job, each exits with a plausible code and no traceback, and nothing
 it started is left. The long run is the bench's own (``python bench/fault_loop.py``).
-
-Until the fixes of issue 18's two open agent defects are merged, the cases leave their
-patterns out (``avoid_known``): a SIGKILL of node 1, a SIGSTOP of node 0 past --node-timeout.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 from types import ModuleType
 
@@ -24,10 +22,10 @@ SINGLE = {
     52: "SIGHUP after the ranks have ended, one with a daemon",
 }
 MULTI = {
-    7: "SIGINT to node 0 in the teardown; ranks with daemons that ignore SIGTERM",
-    15: "SIGHUP to node 1 while its ranks run",
-    47: "node 1 stopped past --node-timeout while the ranks run, then continued",
-    203: "node 0 SIGKILLed while its rank ends and node 1's hangs",
+    13: "SIGINT to node 1 while it starts, before the join",
+    17: "three agents; node 1 SIGKILLed in the teardown of a failure",
+    25: "node 0 stopped for good while the ranks run; continued once node 1 has exited",
+    39: "node 0 stopped past --node-timeout while it joins, then continued",
 }
 
 
@@ -37,7 +35,7 @@ def fault_loop() -> ModuleType:
 
 
 def _passes(fault_loop: ModuleType, seed: int) -> None:
-    result = fault_loop.run_case(fault_loop.draw_case(seed, avoid_known=True))
+    result = fault_loop.run_case(fault_loop.draw_case(seed))
     assert not result.findings, fault_loop.line(result)
 
 
@@ -66,12 +64,27 @@ def test_a_seed_draws_the_same_case_and_its_parity_the_kind(fault_loop: ModuleTy
     assert fault_loop.seeds(7, 3, single_only=False, multi_only=True) == [7, 9, 11]
 
 
-def test_avoiding_the_known_defects_leaves_out_their_patterns(fault_loop: ModuleType) -> None:
-    sigkill, sigstop = signal.SIGKILL, signal.SIGSTOP
-    for seed in range(1, 400, 2):
-        for f in fault_loop.draw_case(seed, avoid_known=True).faults:
-            assert not (f.node == 1 and f.signum == sigkill), seed
-            assert not (f.node == 0 and f.signum == sigstop and f.pause > 2), seed
-    drawn = [f for s in range(1, 400, 2) for f in fault_loop.draw_case(s).faults]
-    assert any(f.node == 1 and f.signum == sigkill for f in drawn)
-    assert any(f.node == 0 and f.signum == sigstop and f.pause > 2 for f in drawn)
+def test_the_draws_cover_every_fault_the_issue_lists(fault_loop: ModuleType) -> None:
+    """Issue 18: kill, stop (continued or not) and signal any agent at random moments,
+    torch's import, the join and a teardown included; ranks that fail, ignore SIGTERM or
+    start children; a third agent; a node other than 0 stopped past --node-timeout."""
+    cases = [fault_loop.draw_case(s) for s in range(1, 1600, 2)]
+    faults = [(c, f) for c in cases for f in c.faults]
+    timeout = fault_loop.NODE_TIMEOUT
+    for signum in (*fault_loop.FATAL, signal.SIGSTOP):
+        for anchor in ("start", "up", "ending"):
+            for node in (0, 1, 2):
+                assert any(
+                    (f.signum, f.anchor, f.node) == (signum, anchor, node) for _, f in faults
+                ), (signum, anchor, node)
+    stopped = [f for _, f in faults if f.signum == signal.SIGSTOP]
+    for node in (0, 1, 2):
+        assert any(f.node == node and timeout < f.pause < math.inf for f in stopped), node
+        assert any(f.node == node and f.pause == math.inf for f in stopped), node
+    assert any(f.pause < timeout for f in stopped)
+    assert {c.nodes for c in cases} == {2, 3}
+    ranks = [r for c in cases for r in c.ranks]
+    assert {r.end for r in ranks} == {"exit0", "fail", "signal", "hang"}
+    assert any(r.ignore_term for r in ranks) and any(r.children for r in ranks)
+    for case in cases:
+        assert sum(f.pause == math.inf for f in case.faults) <= 1, case.seed

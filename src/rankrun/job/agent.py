@@ -133,6 +133,7 @@ class Agent:
         finally:
             self.link.heartbeat.quiet = lambda: None
         result = self._result(attempt)
+        self._try(self.link.flush)
         if attempt.interrupted_by:
             self._try(lambda: control.publish_interrupt(self.store, number))
         self._try(lambda: control.publish_result(self.store, number, result, self.plan.nnodes))

@@ -109,6 +109,16 @@ class Link:
         self._requests.put(lambda: control.answer(self.store, number, self.node_rank, text))
         self._kick.set()
 
+    def flush(self) -> None:
+        """Block until this node's news queued so far (a failure, an interrupt) is in the
+        store. The node's result comes after it: the last result ends the attempt as done,
+        and must not overtake the failure that ended it here. Blocks while the store does
+        not answer: call it bounded."""
+        published = threading.Event()
+        self._requests.put(published.set)
+        self._kick.set()
+        published.wait()
+
     def take(self) -> list[Event]:
         """The events for the loop: drains the wakeup pipe."""
         try:

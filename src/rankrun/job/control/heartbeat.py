@@ -93,7 +93,12 @@ class Heartbeat:
         if held.startswith(ASK):
             self.asked = int(held[len(ASK) :])
         now = self.clock()
-        self._last_awake = now  # the calls above may block for as long as the store does
+        if self._others:
+            # Node 0's calls go to the store it hosts: only a stop of this process makes them
+            # slow, and then it must not judge the others by the time it did not watch.
+            self.awake()
+        else:
+            self._last_awake = now  # the calls above may block for as long as the store does
         if self.frozen_for is not None:
             return []
         self._last_ok, self.error = now, None
