@@ -596,7 +596,7 @@ def test_a_question_rides_the_next_beat_and_node_0_gets_every_answer() -> None:
 
 class StoppedInCall:
     """A real client, in a process that is stopped (SIGSTOP) for ``pause`` seconds of the
-    fake clock while its next ``add`` is under way."""
+    fake clock while its next beat (``compare_set``) is under way."""
 
     def __init__(self, client: Any, now: list[float]) -> None:
         self.client, self.now, self.pause = client, now, 0.0
@@ -605,7 +605,7 @@ class StoppedInCall:
         call = getattr(self.client, name)
 
         def stopped_in(*args: Any) -> Any:
-            if name == "add" and self.pause:
+            if name == "compare_set" and self.pause:
                 self.now[0] += self.pause
                 self.pause = 0.0
             return call(*args)
