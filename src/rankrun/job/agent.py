@@ -239,9 +239,12 @@ class Agent:
     def _gather(self, number: int) -> dict[int, control.NodeResult]:
         """Node 0: every node's result, and every node's word that it saw the end, so that
         this node's exit (which ends the store) comes after the others read what they need."""
-        lost = self.link.overs.get(number, ()) or tuple(self.link.heartbeat.lost())
+        over = self.link.overs.get(number)
+        lost = over or tuple(self.link.heartbeat.lost())
         wait = self.plan.shutdown_timeout + self.plan.rendezvous.node_timeout + 5
-        results = control.gather_results(self.store, number, self.plan.nnodes, wait, lost)
+        complete = over is not None and not over  # every node published: no wait
+        results = control.gather_results(self.store, number, self.plan.nnodes, wait, lost,
+                                          complete)  # fmt: skip
         control.await_seen(self.store, number, len(results), 5.0)
         return results
 

@@ -8,7 +8,6 @@ but node 0 reads another node's keys.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -180,22 +179,28 @@ def await_over(store: JobStore, attempt: int, timeout: float) -> tuple[int, ...]
 
 
 def gather_results(
-    store: JobStore, attempt: int, nnodes: int, timeout: float, skip: Iterable[int] = ()
+    store: JobStore,
+    attempt: int,
+    nnodes: int,
+    timeout: float,
+    skip: Iterable[int] = (),
+    complete: bool = False,
 ) -> dict[int, NodeResult]:
     """Node 0: every node's result, waiting up to ``timeout`` for those not in ``skip``.
 
-    Returns what arrived, by node rank; a node missing from it is lost or too late. The wait
-    is one ``wait`` on a client of its own; then one read of the results that are there.
+    Returns what arrived, by node rank; a node missing from it is lost or too late.
+    ``complete``: every result is there (the attempt is over, no node lost): one read.
+    Otherwise it waits on a client of its own, then reads what is there.
     """
     skipped = set(skip)
     keys = {r: store.keys.result(attempt, r) for r in range(nnodes)}
     wanted = [keys[r] for r in range(nnodes) if r not in skipped]
 
     def collect() -> dict[int, NodeResult]:
-        mine = store.clone()
-        if wanted:
+        mine = store if complete else store.clone()
+        if not complete and wanted:
             wait_for(mine.client, wanted, timeout)
-        there = [r for r, key in keys.items() if mine.client.check([key])]
+        there = [r for r, key in keys.items() if complete or mine.client.check([key])]
         raws = mine.client.multi_get([keys[r] for r in there]) if there else []
         return {r: _load_result(raw) for r, raw in zip(there, raws, strict=True)}
 
@@ -228,16 +233,16 @@ def _rank_result(fields: dict[str, Any]) -> RankResult:
 
 
 def say_seen(store: JobStore, attempt: int) -> None:
-    """This node has read the attempt's end: node 0 may stop serving, as far as it goes."""
-    store.client.add(store.keys.seen(attempt), 1)
+    """This node has read the attempt's end: node 0 may stop serving, as far as it goes.
+    The n-th node to say so also sets ``seen_by(n)``, which node 0 waits on."""
+    count = store.client.add(store.keys.seen(attempt), 1)
+    store.client.set(store.keys.seen_by(attempt, count), "1")
 
 
 def await_seen(store: JobStore, attempt: int, count: int, timeout: float) -> None:
-    """Node 0, before it exits: until ``count`` nodes have read the attempt's end. It asks
-    at most every 20 ms, for at most ``timeout``, once per job."""
-    deadline = time.monotonic() + timeout
-    while store.client.add(store.keys.seen(attempt), 0) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
+    """Node 0, before it exits: until ``count`` nodes have read the attempt's end, or for at
+    most ``timeout``; one ``wait``. Node 0's heartbeat waits behind it: no one reads it."""
+    wait_for(store.client, [store.keys.seen_by(attempt, count)], timeout)
 
 
 def barrier(

@@ -83,6 +83,10 @@ class Keys:
         """Counter: nodes that have read the attempt's end (node 0 serves until they have)."""
         return f"{self._p}/attempt/{attempt}/seen"
 
+    def seen_by(self, attempt: int, count: int) -> str:
+        """Set by the count-th node to read the attempt's end."""
+        return f"{self._p}/attempt/{attempt}/seen_by/{count}"
+
     def arrived(self, barrier: str, node: int) -> str:
         return f"{self._p}/barrier/{barrier}/{node}"
 
