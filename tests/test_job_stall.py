@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from conftest import Runs
 from netns import Hosts, make_hosts_fixture  # noqa: F401
-from test_stall_verdict import TRAIN, needs_py_spy
+from test_stall_verdict import TRAIN, _verdict, needs_py_spy
 
 from rankrun.plan.ports import free_port
 
@@ -37,22 +37,10 @@ def _run(runs: Runs, hosts: Hosts | None = None, **env: str) -> list[tuple[int, 
     return [(a.wait(timeout=240), a.communicate()[1]) for a in agents]
 
 
-def _verdict(stderr: str) -> list[str]:
-    lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("rankrun: stalled: "))
-    assert lines[start] == "rankrun: stalled: no rank wrote a line for 3 s (4 ranks on 2 nodes)"
-    verdict = []
-    for line in lines[start + 1 :]:
-        if not line.startswith("rankrun:   "):
-            break
-        verdict.append(line.removeprefix("rankrun:   "))
-    return verdict
-
-
 def _check(runs: Runs, ended: list[tuple[int, str]], host1: str) -> list[str]:
     (code0, err0), (code1, err1) = ended
     assert (code0, code1) == (124, 124), err0[-3000:]
-    verdict = _verdict(err0)
+    verdict = _verdict(err0, "stalled: no rank wrote a line for 3 s (4 ranks on 2 nodes)")
     assert verdict[0].startswith(f"rank 3 (node 1, host {host1}): load_batch (train.py:"), verdict
     # on one host (loopback agents, namespaces) the group's ranks share it, and it is said
     assert verdict[1].startswith(f"ranks 0-2 (host {host1}): all_reduce (torch/distributed/")

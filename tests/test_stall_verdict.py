@@ -53,11 +53,14 @@ else:
 needs_py_spy = pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed")
 
 
-def _verdict(stderr: str) -> list[str]:
-    """The lines under the stall's event, without rankrun's prefix."""
+ONE_NODE = "stalled: no rank wrote a line for 2 s (4 ranks)"
+
+
+def _verdict(stderr: str, header: str = ONE_NODE) -> list[str]:
+    """The lines under the stall's event, ``header``, without rankrun's prefix."""
     lines = stderr.splitlines()
-    start = next(i for i, line in enumerate(lines) if "stalled: no rank wrote a line" in line)
-    assert lines[start].endswith("for 2 s (4 ranks)"), lines[start]
+    start = next(i for i, line in enumerate(lines) if line.startswith("rankrun: stalled: "))
+    assert lines[start] == f"rankrun: {header}", lines[start]
     verdict = []
     for line in lines[start + 1 :]:
         if not line.startswith("rankrun:   "):
