@@ -630,3 +630,31 @@ def test_node_0_stopped_in_a_heartbeat_call_knows_it_was_stopped_and_blames_no_o
     now[0] = 1.5
     assert beat0.tick() == [], "node 0 was the one stopped, not node 1"
     assert beat0.frozen_for == pytest.approx(5.0) and beat0.cut_off()
+
+
+def test_node_0_says_when_the_listen_queue_is_short_of_the_burst_and_what_to_raise() -> None:
+    limit = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert control.listen_queue_note(limit // 2) is None  # two connections per agent fit
+    nnodes = limit  # 2 * limit connections: twice the queue
+    note = control.listen_queue_note(nnodes)
+    assert note is not None and f"(net.core.somaxconn) is {limit}," in note
+    wanted = 1 << (2 * nnodes - 1).bit_length()
+    assert note.endswith(f"sysctl -w net.core.somaxconn={wanted}") and wanted >= 2 * nnodes
+
+
+def test_connects_back_off_with_jitter_up_to_two_seconds() -> None:
+    first = [control.backoff(1) for _ in range(200)]
+    assert all(0.05 <= s <= 0.1 for s in first) and len(set(first)) > 100
+    assert all(1.0 <= control.backoff(n) <= 2.0 for n in (6, 7, 50))
+
+
+def test_node_0_holds_its_port_before_torch_and_a_taken_port_is_one_line() -> None:
+    port = free_port()
+    held = control.hold(port)
+    with pytest.raises(control.PortInUse, match=f"--master-port {port} is in use"):
+        control.hold(port)
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # an agent that dials before the store is up waits in the queue, not refused
+    store = control.serve("127.0.0.1", port, held=held)  # the store takes the socket over
+    store.set("k", "v")
+    assert control.connect("127.0.0.1", port, timeout=10).get("k") == b"v"
