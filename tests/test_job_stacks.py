@@ -128,7 +128,7 @@ def _check_stacks(job: TwoNodes, host: str) -> None:
     assert any("load_batch (rank.py:" in line for line in lines if line.startswith("[rank3]"))
 
 
-def _check_status(job: TwoNodes) -> None:
+def _node_rows(job: TwoNodes) -> list[list[str]]:
     node0, node1 = job.entries
     shown = job.command(0, "status", "j19")
     assert shown.returncode == 0, shown.stderr
@@ -140,7 +140,27 @@ def _check_status(job: TwoNodes) -> None:
     assert [row[:3] for row in rows] == [
         ["0", node0.host, str(node0.pid)], ["1", node1.host, str(node1.pid)],
     ]  # fmt: skip
-    assert all(re.fullmatch(r"\d+\.\d s", row[3]) for row in rows), rows
+    return rows
+
+
+def _check_status(job: TwoNodes) -> None:
+    """Each node's quiet time, once it has beaten with its ranks running."""
+
+    def beaten() -> list[list[str]] | None:
+        rows = _node_rows(job)
+        return rows if all(re.fullmatch(r"\d+\.\d s", row[3]) for row in rows) else None
+
+    wait_until(beaten, 30, "every node's quiet time in the status", every=0.5)
+    node1 = job.entries[1]
+    there = job.command(1, "status", str(node1.pid))
+    assert there.returncode == 0, there.stderr
+    lines = there.stdout.splitlines()
+    assert lines[0] == (
+        f"node 1 of job j19's 2 nodes: node 0 (host {job.addr}) has the whole job "
+        "(rankrun status j19 there); this node's ranks:"
+    )
+    assert lines[1].startswith(f"run j19: launcher pid {node1.pid} on {node1.host}, node 1")
+    assert [line.split()[0] for line in lines[3:]] == ["2", "3"], lines
 
 
 @needs_py_spy
@@ -149,8 +169,8 @@ def test_stacks_on_node_0_groups_every_nodes_ranks(
     runs: Runs, two_nodes: Callable[..., TwoNodes]
 ) -> None:
     job = two_nodes()
+    _check_status(job)  # first: a question leaves a beat key holding it until the next beat
     _check_stacks(job, os.uname().nodename)
-    _check_status(job)
     (code0, err0), (code1, err1) = job.end()
     assert code0 == 128 + signal.SIGTERM, err0[-2000:]
     asked = "reading every rank's stack for node 0's verdict (rankrun stacks, pid "
