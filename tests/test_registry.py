@@ -33,7 +33,8 @@ LAUNCHER = """
     ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
              for _ in range(2)]
     entry = new_entry(sys.argv[1], [RankEntry(i, i, p.pid) for i, p in enumerate(ranks)],
-                      node_rank=int(sys.argv[2]), command="train.py --lr 3")
+                      node_rank=int(sys.argv[2]), command="train.py --lr 3",
+                      nnodes=int(sys.argv[3]), job_store=sys.argv[4])
     reg = Registration(entry)
     reg.output(1, 1234.5)
     reg.flush(force=True)
@@ -52,9 +53,12 @@ class RegistryProcs(Procs):
     def sleeper(self) -> subprocess.Popen[str]:
         return self.start([sys.executable, "-c", "import time; time.sleep(300)"])
 
-    def launcher(self, run_id: str, node_rank: int = 0) -> tuple[subprocess.Popen[str], str]:
+    def launcher(
+        self, run_id: str, node_rank: int = 0, nnodes: int = 1, job_store: str = ""
+    ) -> tuple[subprocess.Popen[str], str]:
         code = textwrap.dedent(LAUNCHER)
-        proc = self.start([sys.executable, "-c", code, run_id, str(node_rank)])
+        args = [run_id, str(node_rank), str(nnodes), job_store]
+        proc = self.start([sys.executable, "-c", code, *args])
         assert proc.stdout is not None
         path = proc.stdout.readline().strip()
         assert path, "the launcher stand-in did not register"
@@ -142,6 +146,28 @@ def test_two_node_ranks_of_one_run_on_one_host_are_told_apart_by_pid(
         f"2 runs have the id job (launcher pids {a.pid}, {b.pid}): pass a launcher pid instead"
     )
     assert find_run(str(b.pid), env).node_rank == 1
+
+
+def test_a_run_id_of_nodes_of_one_job_on_this_host_names_node_0(
+    procs: RegistryProcs, env: dict[str, str]
+) -> None:
+    (_, _), (node0, _) = (
+        procs.launcher("job", 1, 2, "h0:29500"),
+        procs.launcher("job", 0, 2, "h0:29500"),
+    )
+    run = find_run("job", env)
+    assert (run.pid, run.node_rank, run.nnodes, run.job_store) == (node0.pid, 0, 2, "h0:29500")
+
+
+def test_an_entry_written_before_nodes_were_recorded_is_one_node(
+    procs: RegistryProcs, env: dict[str, str]
+) -> None:
+    _, path = procs.launcher("old")
+    data = json.loads(Path(path).read_text())
+    del data["nnodes"], data["job_store"]
+    Path(path).write_text(json.dumps(data))
+    run = find_run("old", env)
+    assert (run.run_id, run.nnodes, run.job_store) == ("old", 1, "")
 
 
 def test_no_run_at_all(env: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ from rankrun.run.watch import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from rankrun.inspect.registry import RunEntry
     from rankrun.plan.options import Options
 
 
@@ -81,11 +82,18 @@ def _run(argv: Sequence[str] | None, prog: str) -> int:
         if args and args[0] in ("stacks", "status"):
             from rankrun.inspect.inquiry import main as inquire
 
-            return inquire(args)
+            return inquire(args, _whole_job)
         return _launch(args, prog)
     except RankrunError as e:
         print(f"rankrun: error: {e}", file=sys.stderr)
         return 2
+
+
+def _whole_job(command: str, run: RunEntry, native: bool, wait: float) -> int:
+    """``stacks`` or ``status`` on node 0 of a multi-node job: torch's store, imported here."""
+    from rankrun.job.inquiry import whole_job
+
+    return whole_job(command, run, native, wait)
 
 
 def _launch(args: Sequence[str], prog: str) -> int:

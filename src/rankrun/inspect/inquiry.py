@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rankrun.base.errors import UsageError
 from rankrun.inspect.lookup import find_run
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 CPU_SAMPLE_S = 0.5
 DUMP_TIMEOUT_S = 10.0
+WAIT_S = 30.0  # for the nodes' answers: a beat (up to 2 s), then py-spy's DUMP_TIMEOUT_S
 _STATES = {
     "R": "running",
     "S": "sleeping",
@@ -44,19 +45,43 @@ _STATES = {
 }
 
 
-def main(argv: Sequence[str]) -> int:
+WholeJob = Callable[[str, RunEntry, bool, float], int]
+"""``rankrun stacks`` or ``status`` on node 0 of a multi-node job: (command, node 0's entry,
+--native, seconds to wait for the nodes' answers) -> exit code. It needs the job's store,
+so it lives above this package, and the command passes it in."""
+
+
+def main(argv: Sequence[str], whole_job: WholeJob | None = None) -> int:
     """``rankrun stacks ...`` or ``rankrun status ...``, named by ``argv[0]``; raises
     UsageError for a bad command line, and RankrunError where the run or its stacks can't be
     had."""
-    args = _parser(argv[0]).parse_args(argv[1:])
+    command = argv[0]
+    args = _parser(command).parse_args(argv[1:])
+    wait = getattr(args, "wait", 0.0)
+    if not 0 < wait <= 3600 and command == "stacks":
+        raise UsageError(f"--wait {wait:g}: give seconds from 0 to 3600, such as 30")
     run = find_run(args.run)
     try:
-        code = stacks(run, native=args.native) if argv[0] == "stacks" else status(run)
+        if run.nnodes > 1 and run.node_rank == 0 and whole_job is not None:
+            code = whole_job(command, run, getattr(args, "native", False), wait)
+        else:
+            if run.nnodes > 1:
+                print(_elsewhere(run, command))
+            code = stacks(run, native=args.native) if command == "stacks" else status(run)
         sys.stdout.flush()
     except BrokenPipeError:  # rankrun status | head: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     return code
+
+
+def _elsewhere(run: RunEntry, command: str) -> str:
+    """On a node other than 0: where the whole job can be seen."""
+    host = run.job_store.rpartition(":")[0].strip("[]") or "?"
+    return (
+        f"node {run.node_rank} of job {run.run_id}'s {run.nnodes} nodes: node 0 (host {host}) "
+        f"has the whole job (rankrun {command} {run.run_id} there); this node's ranks:"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +104,14 @@ def _parser(command: str) -> argparse.ArgumentParser:
     )
     if command == "stacks":
         p.add_argument("--native", action="store_true", help="add C/C++ frames")
+        p.add_argument(
+            "--wait",
+            type=float,
+            default=WAIT_S,
+            metavar="SECONDS",
+            help="on node 0 of a multi-node job: how long to wait for the other nodes' stacks "
+            f"(default {WAIT_S:g})",
+        )
     return p
 
 
@@ -138,10 +171,15 @@ def status(run: RunEntry) -> int:
     rows = [["RANK", "LOCAL", "PID", "STATE", "CPU%", "RSS", "PROCS", "LAST OUTPUT", "ATTEMPT"]]
     for rank in run.ranks:
         rows.append(_row(run, rank, before, after, elapsed, now))
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows of cells in columns as wide as their widest cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
 
 
 def _row(

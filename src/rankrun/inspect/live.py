@@ -47,6 +47,8 @@ def start_registration(
             node_rank=spec.node_rank,
             attempt=spec.attempt,
             command=command_words(spec.argv),
+            nnodes=spec.nnodes,
+            job_store=spec.job_store,
         )
         return Registration(entry, env)
     except (RegistryError, OSError) as e:

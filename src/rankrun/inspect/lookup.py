@@ -89,6 +89,9 @@ def find_run(selector: str | None = None, env: Mapping[str, str] | None = None) 
         matches = [r for r in runs if r.pid == pid or any(k.pid == pid for k in r.ranks)]
     if len(matches) == 1:
         return matches[0]
+    node0 = _node_0(matches)
+    if node0 is not None:
+        return node0
     if matches:
         pids = ", ".join(str(r.pid) for r in matches)
         raise RunNotFound(
@@ -100,6 +103,15 @@ def find_run(selector: str | None = None, env: Mapping[str, str] | None = None) 
             f"no run {selector}: no rankrun run is running for this user on {_host()}"
         )
     raise RunNotFound(f"no run has the id or pid {selector}; running: {_listing(runs)}")
+
+
+def _node_0(matches: Sequence[RunEntry]) -> RunEntry | None:
+    """Node 0 where ``matches`` are nodes of one multi-node job on this host (agents on
+    loopback, or in network namespaces): it has the whole job."""
+    if len({(r.job_store, r.nnodes) for r in matches}) != 1 or matches[0].nnodes < 2:
+        return None
+    zeros = [r for r in matches if r.node_rank == 0]
+    return zeros[0] if len(zeros) == 1 else None
 
 
 def _listing(runs: Sequence[RunEntry]) -> str:

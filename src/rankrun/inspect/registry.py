@@ -54,6 +54,10 @@ class RunEntry(NamedTuple):
     """Wall-clock time of the last write."""
     command: str = ""
     """What the ranks run, for telling runs apart."""
+    nnodes: int = 1
+    job_store: str = ""
+    """Across nodes, node 0's store as ``addr:port``: node 0's ``rankrun stacks`` asks every
+    node there. Absent from entries written before it: one node."""
     path: str = ""
     """The entry's file; set by ``register`` and by readers, never written."""
 
@@ -65,6 +69,8 @@ def new_entry(
     node_rank: int = 0,
     attempt: int = 0,
     command: str = "",
+    nnodes: int = 1,
+    job_store: str = "",
 ) -> RunEntry:
     """An entry for a run launched by this process."""
     pid = os.getpid()
@@ -80,6 +86,8 @@ def new_entry(
         started_at=now,
         updated_at=now,
         command=command,
+        nnodes=nnodes,
+        job_store=job_store,
     )
 
 
@@ -131,6 +139,8 @@ def read_entry(path: str) -> RunEntry | None:
             started_at=float(data["started_at"]),
             updated_at=float(data["updated_at"]),
             command=str(data.get("command", "")),
+            nnodes=int(data.get("nnodes", 1)),
+            job_store=str(data.get("job_store", "")),
             path=path,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -126,7 +126,8 @@ class Agent:
         self.link.attempt_number = number
         meeting = self.plan.rendezvous._replace(master_port=int(self._opened))
         # A stall is the whole job's: node 0's link judges it, from every node's quiet time.
-        plan = self.plan._replace(rendezvous=meeting, stall_timeout=None)
+        store = f"{self.plan.master_addr}:{self.plan.master_port}"  # for rankrun stacks
+        plan = self.plan._replace(rendezvous=meeting, stall_timeout=None, job_store=store)
         self.link.heartbeat.quiet = lambda: host.now() - host.last_output
         try:
             attempt = Gang(plan, number, host, printer, self.link).supervise()

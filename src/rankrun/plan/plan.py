@@ -64,6 +64,9 @@ class RankSpec(NamedTuple):
     worker_socket: str | None = None
     """The worker server socket rankrun chose for the rank: the host makes its directory
     before the rank starts and removes the socket after; None where the user chose one."""
+    nnodes: int = 1
+    job_store: str = ""
+    """Across nodes, node 0's store as ``addr:port``, where the whole job can be asked."""
 
 
 class Plan(NamedTuple):
@@ -96,6 +99,9 @@ class Plan(NamedTuple):
     """Carried by every process of the run, so that what escapes its group can be found."""
     error_dir: str | None = None
     """Without a log directory: the run's own directory for each rank's error.json."""
+    job_store: str = ""
+    """Across nodes, node 0's store as ``addr:port``: the agent sets it, since each attempt's
+    rendezvous names the workers' store instead."""
 
     @property
     def master_addr(self) -> str:
@@ -134,6 +140,7 @@ class Plan(NamedTuple):
         return RankSpec(
             rank, local_rank, argv, env, stdout, stderr, error_file, label,
             self.run_id, self.node_rank, self.nproc_per_node, attempt, cpus, gpu, socket,
+            self.nnodes, self.job_store,
         )  # fmt: skip
 
     def _worker_socket(self, rank: int, attempt: int) -> str | None:

@@ -68,7 +68,7 @@ from rankrun.job.control.attempt import (
     say_seen,
 )
 from rankrun.job.control.calls import ControlError, Unresponsive, bounded
-from rankrun.job.control.heartbeat import Heartbeat
+from rankrun.job.control.heartbeat import Heartbeat, NodeBeat, node_beats
 from rankrun.job.control.join import (
     DuplicateNodeRank,
     Joined,
@@ -113,6 +113,8 @@ __all__ = [
     "EndKind",
     "FailureFact",
     "Heartbeat",
+    "NodeBeat",
+    "node_beats",
     "JobInfo",
     "JobStore",
     "JoinError",

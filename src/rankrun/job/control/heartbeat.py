@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
-from rankrun.job.control.calls import first_line
+from rankrun.job.control.calls import first_line, load
 from rankrun.job.control.store import JobStore
 
 ASK = b"ask:"
@@ -133,6 +134,27 @@ class Heartbeat:
     def quiet_for(self) -> float:
         """Seconds since this agent's last successful tick."""
         return self.clock() - self._last_ok
+
+
+class NodeBeat(NamedTuple):
+    node: int
+    hostname: str
+    pid: int
+    """Its agent's."""
+    quiet: float | None
+    """How long its ranks had written no line, at its last beat; None while none runs."""
+
+
+def node_beats(store: JobStore, nnodes: int) -> list[NodeBeat]:
+    """Every node's last beat and claim, in one request: for ``rankrun status`` on node 0.
+
+    A beat bears no time, so its age is not known here; only node 0's agent times them."""
+    nodes = range(nnodes)
+    keys = [store.keys.heartbeat(r) for r in nodes] + [store.keys.claim(r) for r in nodes]
+    values = store.client.multi_get(keys)
+    claims = [load(raw) for raw in values[nnodes:]]
+    return [NodeBeat(r, c["hostname"], c["pid"], _quiet_of(beat))
+            for r, beat, c in zip(nodes, values[:nnodes], claims, strict=True)]  # fmt: skip
 
 
 def _quiet_of(beat: bytes) -> float | None:
