@@ -46,7 +46,7 @@ class Heartbeat:
         self.quiet = quiet
         """Seconds since this node's ranks last wrote a line; None while none runs."""
         self._beats = 0
-        self._written = b""  # what this node's beat key holds, as far as it knows
+        self._written = b"1"  # what this node's beat key holds: the join's counter, at first
         self.asked: int | None = None
         """The last question node 0 asked through this node's beat, until taken."""
         self.node_rank = node_rank
