@@ -658,3 +658,11 @@ def test_node_0_holds_its_port_before_torch_and_a_taken_port_is_one_line() -> No
     store = control.serve("127.0.0.1", port, held=held)  # the store takes the socket over
     store.set("k", "v")
     assert control.connect("127.0.0.1", port, timeout=10).get("k") == b"v"
+
+
+def test_an_agents_first_beat_changes_its_key() -> None:
+    job = Job(2)
+    key = job.store().keys.heartbeat(1)
+    job.server.add(key, 1)  # as the join leaves it
+    control.Heartbeat(job.store(), 1, 2, timeout=5).tick()
+    assert job.server.get(key) == b"0:-"  # node 0 sees it beat at once
