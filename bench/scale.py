@@ -316,8 +316,12 @@ def role_agents(spec: dict[str, Any]) -> None:
 
 
 def comm(pid: int, tid: str) -> str:
-    with open(f"/proc/{pid}/task/{tid}/comm") as f:
-        return f.read().strip()
+    """A thread's name; "" for one that ended while its task directory was listed."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 # -- The old design's replay -----------------------------------------------------------------
