@@ -12,7 +12,8 @@ Every key is named in ``keys.py``. What each agent asks of the store, and how of
 - while the job runs: one ``add`` per heartbeat interval. Node 0 also reads every counter in
   one ``multi_get``. Nothing else: the end of an attempt and its conclusion reach every
   agent through ``wait`` on one key each, on a client of its own (a push);
-- a failure: two requests from the node that has it; the server wakes every waiter.
+- a failure: three requests from the node that has it (its order, its fact, the attempt's
+  end); the server wakes every waiter.
 
 Facts learnt from torch 2.13 that shape this module:
 
@@ -34,11 +35,13 @@ Facts learnt from torch 2.13 that shape this module:
   and values here never share a key, and error texts are cut.
 - ``set`` does not wait for the server's answer: it "succeeds" against a stopped or vanished
   server. Only calls that return a value (``add``, ``get``, ``check``, ``compare_set``) prove
-  the server alive, so the heartbeat uses ``add``.
+  the server alive, so the heartbeat uses ``compare_set``.
 - The server has one event-loop thread, and after every accept it looks up the peer's name by
   reverse DNS on that thread (``formatSockAddr`` in torch's ``socket.cpp``, for log text); each
   client also looks up the server's. Every client waits for each lookup: a resolver that drops
   a query costs 5 s (glibc's timeout) per lost query, in steps, when many agents join at once.
+  The agents bound that wait to 1 s (``RES_OPTIONS``, set by the agent), and one failed
+  lookup turns torch's lookups off for the process.
   ``docs/multi-node.md`` says how to avoid it. A plain-socket probe would cost one more lookup.
 """
 
