@@ -563,6 +563,31 @@ def test_heartbeat_rules_on_a_fake_clock() -> None:
     assert cut.tick() == [] and cut.cut_off() and cut.quiet_for() == pytest.approx(2.1)
 
 
+def test_the_beat_is_paced_at_thousands_of_nodes_and_a_live_node_is_still_never_lost() -> None:
+    assert control.beat_interval(10, 16) == 2.0  # a fifth of the timeout, at most 2 s
+    assert control.beat_interval(0.2, 2) == 0.1
+    assert control.beat_interval(30, 1024) == 2.0
+    assert control.beat_interval(30, 4096) == pytest.approx(4.096)  # node 0: 1,000 beats/s
+    assert control.beat_interval(10, 4096) == 2.5  # no more than a quarter of the timeout
+    interval = control.beat_interval(30, 100_000)
+    job = Job(2)
+    now = [0.0]
+    node0, node1 = (control.Heartbeat(job.store(), r, 2, interval=interval, timeout=30,
+                                      clock=lambda: now[0]) for r in (0, 1))  # fmt: skip
+    job.server.add(job.store().keys.heartbeat(1), 0)
+    for k in range(12):  # node 1 beats just after node 0 looks, late by up to an interval
+        now[0] = k * interval
+        assert node0.tick() == []
+        now[0] += 0.01 + (interval if k % 3 == 2 else 0.0)
+        node1.tick()
+    assert node0.tick() == []  # node 1's last beat: silent from here, lost past 30 s
+    lost = []
+    for _ in range(5):
+        now[0] += interval
+        lost.append(node0.tick())
+    assert lost == [[], [], [], [], [1]]
+
+
 def test_a_question_rides_the_next_beat_and_node_0_gets_every_answer() -> None:
     job = Job(3)
     for r in (0, 1, 2):

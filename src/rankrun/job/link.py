@@ -45,7 +45,7 @@ class Link:
         self._stall_armed = True
         self.hostname = nodes[node_rank].hostname
         self.timeout = timeout
-        interval = min(max(timeout / 5, 0.1), 2.0)
+        interval = control.beat_interval(timeout, nnodes)
         self.heartbeat = control.Heartbeat(store, node_rank, nnodes, interval=interval,
                                            timeout=timeout)  # fmt: skip
         self.attempt_number = 0

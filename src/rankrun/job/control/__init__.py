@@ -9,9 +9,11 @@ Every key is named in ``keys.py``. What each agent asks of the store, and how of
 - joining: it claims its rank (one given, or a ticket: the next number of a counter), bumps a
   counter and waits on one key, the verdict. Node 0 alone reads every claim, once, and
   publishes the verdict;
-- while the job runs: one ``add`` per heartbeat interval. Node 0 also reads every counter in
-  one ``multi_get``. Nothing else: the end of an attempt and its conclusion reach every
-  agent through ``wait`` on one key each, on a client of its own (a push);
+- while the job runs: one ``compare_set`` per heartbeat interval (``beat_interval``: a fifth
+  of --node-timeout, at most 2 s, but paced past 2,000 nodes so that node 0's store takes
+  1,000 beats a second). Node 0 also reads every beat in one ``multi_get``. Nothing else:
+  the end of an attempt and its conclusion reach every agent through ``wait`` on one key
+  each, on a client of its own (a push);
 - a failure: three requests from the node that has it (its order, its fact, the attempt's
   end); the server wakes every waiter.
 
@@ -71,7 +73,7 @@ from rankrun.job.control.attempt import (
     say_seen,
 )
 from rankrun.job.control.calls import ControlError, Unresponsive, bounded
-from rankrun.job.control.heartbeat import Heartbeat, NodeBeat, node_beats
+from rankrun.job.control.heartbeat import Heartbeat, NodeBeat, beat_interval, node_beats
 from rankrun.job.control.join import (
     DuplicateNodeRank,
     Joined,
@@ -136,6 +138,7 @@ __all__ = [
     "await_seen",
     "backoff",
     "barrier",
+    "beat_interval",
     "bounded",
     "clear_rank_keys",
     "command_hash",

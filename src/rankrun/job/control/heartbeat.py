@@ -10,6 +10,17 @@ from rankrun.job.control.calls import first_line, load
 from rankrun.job.control.store import JobStore
 
 ASK = b"ask:"
+NODE0_BEATS_PER_S = 1000
+"""The beats node 0's store takes per second, at most, once the job's size would ask for more
+than a 2 s interval gives (past 2,000 nodes): each costs its one thread a request."""
+
+
+def beat_interval(timeout: float, nnodes: int) -> float:
+    """Seconds between an agent's beats: a fifth of ``timeout`` (0.1 to 2 s), stretched at
+    thousands of nodes to pace node 0's store at ``NODE0_BEATS_PER_S``, as far as a quarter of
+    ``timeout``, so that a live node still beats several times before it could be lost."""
+    usual = min(max(timeout / 5, 0.1), 2.0)
+    return max(usual, min(nnodes / NODE0_BEATS_PER_S, timeout / 4))
 
 
 class Heartbeat:
