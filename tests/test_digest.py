@@ -9,12 +9,12 @@ from rankrun.inspect.digest import (
     MAX_BYTES,
     RankKey,
     digest,
-    fold,
     from_json,
     group,
     verdict_lines,
 )
 from rankrun.inspect.flight_recorder import Collective, behind_lines
+from rankrun.output.rank_ranges import fold
 
 SITE = "/venv/lib/python3.11/site-packages"
 PY_SPY = f"""Thread 5039 (idle): "MainThread"

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from rankrun.base.values import NamedTuple
+from rankrun.output.rank_ranges import fold
 
 MAX_FRAMES = 24
 MAX_BYTES = 2048
@@ -179,24 +180,3 @@ def _who(keys: Sequence[RankKey]) -> str:
         where.append(f"host {hosts.pop()}")
     suffix = f" ({', '.join(where)})" if where else ""
     return f"{'rank' if len(keys) == 1 else 'ranks'} {ranks}{suffix}"
-
-
-def fold(ranks: Iterable[int], *, limit: int = 60) -> str:
-    """``0-12,14-15``; past ``limit`` characters, cut with how many more ranks there are."""
-    runs: list[list[int]] = []
-    for rank in sorted(ranks):
-        if runs and rank == runs[-1][1] + 1:
-            runs[-1][1] = rank
-        else:
-            runs.append([rank, rank])
-    parts = [f"{a}-{b}" if b > a else str(a) for a, b in runs]
-    text = ",".join(parts)
-    if len(text) <= limit:
-        return text
-    shown: list[str] = []
-    for part in parts:
-        if len(",".join([*shown, part])) > limit - 16:
-            break
-        shown.append(part)
-    left = sum(b - a + 1 for a, b in runs[len(shown) :])
-    return ",".join(shown) + f",... ({left} more)"

@@ -13,7 +13,8 @@ import json
 from collections.abc import Mapping
 
 from rankrun.base.values import NamedTuple
-from rankrun.inspect.digest import RankKey, fold
+from rankrun.inspect.digest import RankKey
+from rankrun.output.rank_ranges import fold
 
 
 class Collective(NamedTuple):

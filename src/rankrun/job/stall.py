@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from rankrun.inspect.digest import Digest, RankKey, fold, from_json, group, verdict_lines
+from rankrun.inspect.digest import Digest, RankKey, from_json, group, verdict_lines
 from rankrun.inspect.flight_recorder import Collective, behind_lines
 from rankrun.inspect.node_stacks import NodeStacks
+from rankrun.output.rank_ranges import fold
 
 
 def node_answer(stacks: NodeStacks | None, node_rank: int, hostname: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from rankrun.output.outcome import Attempt, JobOutcome, NodeRecord, RankResult, signal_name
+from rankrun.output.rank_ranges import fold
 
 _TAIL_LINES = 20
 _MAX_TRACEBACK_LINES = 40
@@ -134,16 +135,8 @@ def stuck_lines(attempt: Attempt) -> list[str]:
 
 
 def _ranks(results: list[RankResult]) -> str:
-    """Rank numbers with runs folded: ``0-5, 7, 9-511``."""
-    numbers = sorted(r.rank for r in results)
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run))
-                     for run in runs)  # fmt: skip
+    """Rank numbers with runs of three or more folded: ``0-5, 7, 8, 10-511``."""
+    return fold((r.rank for r in results), separator=", ", shortest=3, limit=None)
 
 
 def error_lines(result: RankResult) -> list[str]:

@@ -286,16 +286,3 @@ def _missed(store: JobStore, name: str, nnodes: int, timeout: float) -> None:
     missing = [r for r in range(nnodes) if not store.client.check([store.keys.arrived(name, r)])]
     nodes = ", ".join(map(str, missing)) or "0"
     raise BarrierTimeout(f"node {nodes} did not reach {name} within {timeout:g} s")
-
-
-def clear_rank_keys(client: Any) -> int:
-    """Node 0, between attempts: delete the keys that the ranks' torch wrote.
-
-    The ranks use this store too (TORCHELASTIC_USE_AGENT_STORE=True): without this, the next
-    attempt's ranks read the last attempt's addresses and fail to connect. Call it only when
-    no rank of the job runs on any node, i.e. after the restart barrier. Returns the count.
-    """
-    stale = [k for k in client.list_keys() if not k.startswith("rankrun/")]
-    for k in stale:
-        client.delete_key(k)
-    return len(stale)
