@@ -163,7 +163,7 @@ rank = int(os.environ["RANK"])
 if rank == 0:
     signal.signal(signal.SIGTERM, lambda *_: open("term", "w").close())
 open(f"up.{rank}", "w").close()
-while len(glob.glob("up.*")) < 2:
+while len(glob.glob("up.*")) < int(os.environ["WORLD_SIZE"]):
     time.sleep(0.02)
 if rank == 1:
     sys.exit(3)
@@ -172,20 +172,26 @@ time.sleep(120)
 
 
 @pytest.mark.slow
-def test_a_node_lost_before_a_restart_ends_the_job_with_the_failure(runs: Runs) -> None:
+@pytest.mark.parametrize("nnodes", [2, 3])
+def test_a_node_lost_before_a_restart_ends_the_job_with_the_failure(
+    runs: Runs, nnodes: int
+) -> None:
     """Node 1 is killed after its result, during node 0's teardown: node 0 does not wait
-    for it at the restart barrier (for the join's timeout), and ends with the failure."""
+    for it at the restart barrier (for the join's timeout), and ends with the failure; a
+    node 2 that waits there ends too once node 0 has, without a traceback."""
     runs.script("rank.py", RETRIED, executable=False)
-    flags = ["--nnodes", "2", "--master-port", str(free_port()), "--shutdown-timeout", "8",
-             "--node-timeout", "4", "--max-restarts", "1",
+    flags = ["--nnodes", str(nnodes), "--master-port", str(free_port()),
+             "--shutdown-timeout", "8", "--node-timeout", "4", "--max-restarts", "1",
              "--rdzv-conf", "join_timeout=90"]  # fmt: skip
-    node0, node1 = (runs.start(*flags, "--node-rank", str(n), "rank.py") for n in (0, 1))
+    node0, node1, *node2 = [runs.start(*flags, "--node-rank", str(n), "rank.py")
+                            for n in range(nnodes)]  # fmt: skip
     runs.wait_for_files("term", 1, timeout=90)
     time.sleep(2)  # the scenario: node 1 has published its result, node 0 still tears down
     node1.kill()
     node1.communicate()
-    code, err = finish(node0)
-    assert code == 3, err[-2000:]
-    assert "no restart: node 1 lost" in err, err[-2000:]
-    launchers_own = [line for line in err.splitlines() if not line.startswith("[rank")]
-    assert not any("Traceback" in line for line in launchers_own), err[-2000:]
+    ended = [finish(node0), *map(finish, node2)]
+    assert ended[0][0] == 3, ended[0][1][-2000:]
+    assert "no restart: node 1 lost" in ended[0][1], ended[0][1][-2000:]
+    for code, err in ended:
+        own = [line for line in err.splitlines() if not line.startswith("[rank")]
+        assert code != 0 and not any("Traceback" in line for line in own), err[-2000:]

@@ -117,7 +117,7 @@ class Agent:
                 self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
                 self.plan.rendezvous.join_timeout, self._open_workers, self._gone,
             )  # fmt: skip
-        except control.ControlError as e:
+        except (control.ControlError, RuntimeError) as e:  # torch's: the store went away
             printer.event(f"no restart: {e}")
             return False
         return True
