@@ -66,17 +66,20 @@ RANK_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGUSR1)
 RANK_PY = """
 import json, os, resource, signal, subprocess, sys, time
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-rank = int(os.environ["RANK"])
-me = json.load(open("ranks.json"))[rank]
+rank, attempt = int(os.environ["RANK"]), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+job = json.load(open("ranks.json"))
+me = job["ranks"][rank]
+if attempt >= job["heals_at"]:  # the failure was transient: from now on every rank exits 0
+    me["end"] = "exit0"
 if me["children"]:  # a helper (as a DataLoader's), and a daemon that leaves the groups
     subprocess.Popen(["bash", "-c", "setsid sleep 300 & exec sleep 300"])
 if me["ignore_term"]:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-open(f"up.{rank}", "w").close()
+open(f"up.{rank}.{attempt}", "w").close()
 if me["end"] == "hang":
     time.sleep(600)
 time.sleep(me["after"])
-open(f"ending.{rank}", "w").close()
+open(f"ending.{rank}.{attempt}", "w").close()
 if me["end"] == "signal":
     os.kill(os.getpid(), me["signum"])
     time.sleep(5)
@@ -98,11 +101,15 @@ class Rank(NamedTuple):
     def exit_code(self) -> int:
         return self.code if self.end == "fail" else 128 + self.signum
 
+    def healed(self) -> Rank:
+        return self._replace(end="exit0")
+
 
 class Fault(NamedTuple):
     node: int
     signum: int
-    anchor: str  # start, up (every rank up) or ending (the first rank ended)
+    anchor: str  # start, up (every rank up), ending (the first rank ended), over (the
+    # first attempt failed or finished: its teardown, the restart barrier)
     offset: float
     pause: float  # SIGSTOP only: how long until SIGCONT; inf: once every other agent exited
 
@@ -113,10 +120,22 @@ class Case(NamedTuple):
     per_node: int
     ranks: tuple[Rank, ...]
     faults: tuple[Fault, ...]
+    max_restarts: int = 0
+    heals_at: int = 1  # the attempt from which every rank exits 0 (max_restarts + 1: never)
 
     @property
     def multi(self) -> bool:
         return self.nodes > 1
+
+    def ranks_in(self, attempt: int) -> tuple[Rank, ...]:
+        """Each rank's behaviour in attempt ``attempt``: as drawn until the case heals."""
+        return self.ranks if attempt < self.heals_at else tuple(r.healed() for r in self.ranks)
+
+    def attempts(self) -> int:
+        """How many attempts the job makes when no fault reaches it."""
+        if not any(r.fails() for r in self.ranks):
+            return 1
+        return min(self.heals_at, self.max_restarts) + 1
 
 
 class Finding(NamedTuple):
@@ -140,7 +159,12 @@ def draw_case(seed: int) -> Case:
     ends = any(r.fails() for r in ranks) or all(r.end != "hang" for r in ranks)
     if not ends and not any(f.signum in FATAL for f in faults):
         faults.append(_draw_fault(rng, nodes, fatal_after_up=True))
-    return Case(seed, nodes, per_node, ranks, tuple(faults))
+    # Drawn last, so that a seed's ranks and faults stay what they were before restarts.
+    restarts = rng.choice((0, 0, 1, 2)) if nodes > 1 else 0
+    heals_at = rng.randint(1, restarts + 1) if restarts else 1
+    if restarts and any(r.fails() for r in ranks) and rng.random() < 0.5:
+        faults.append(_draw_restart_fault(rng, nodes, faults))
+    return Case(seed, nodes, per_node, ranks, tuple(faults), restarts, heals_at)
 
 
 def _draw_rank(rng: random.Random) -> Rank:
@@ -163,6 +187,15 @@ def _draw_fault(rng: random.Random, nodes: int, fatal_after_up: bool = False) ->
     return Fault(node, signum, anchor, round(offset, 3), pause)
 
 
+def _draw_restart_fault(rng: random.Random, nodes: int, faults: list[Fault]) -> Fault:
+    """A fault once the first attempt has failed: in its teardown, at the restart barrier,
+    or as the next attempt starts."""
+    fault = _draw_fault(rng, nodes)
+    if math.isinf(fault.pause) and any(math.isinf(f.pause) for f in faults):
+        fault = fault._replace(pause=NODE_TIMEOUT * 2)
+    return fault._replace(anchor="over", offset=round(rng.uniform(0.0, SHUTDOWN + 1.5), 3))
+
+
 def describe(case: Case) -> str:
     def rank(r: Rank) -> str:
         end = {"exit0": "0", "fail": f"x{r.code}", "hang": "hang"}.get(
@@ -176,6 +209,9 @@ def describe(case: Case) -> str:
         return text + ("/late" if math.isinf(f.pause) else f"/{f.pause:g}s" if f.pause else "")
 
     shape = f"{case.nodes}x{case.per_node}"
+    if case.max_restarts:
+        heals = case.heals_at if case.heals_at <= case.max_restarts else "never"
+        shape += f" restarts={case.max_restarts} heals@{heals}"
     return f"{shape} ranks[{' '.join(map(rank, case.ranks))}] " \
            f"faults[{' '.join(map(fault, case.faults)) or '-'}]"  # fmt: skip
 
@@ -222,7 +258,10 @@ class Run:
         self.delivered: list[str] = []
         self.hit: set[int] = set()  # the nodes a fault reached
         self.hit_before_up = False
-        ranks = [r._asdict() for r in case.ranks]
+        self.hit_between = False  # a fault after an attempt's failure, before the next is up
+        self.overs: set[int] = set()  # the attempts whose failure or end was seen
+        self.starts: set[int] = set()  # the attempts with a rank up
+        ranks = {"ranks": [r._asdict() for r in case.ranks], "heals_at": case.heals_at}
         (workdir / "ranks.json").write_text(json.dumps(ranks))
         (workdir / "rank.py").write_text(RANK_PY)
         env = {**os.environ, TAG_VAR: tag}
@@ -237,7 +276,8 @@ class Run:
             return [Launcher(0, [*common, "--master-port", "0", "rank.py"], env, self.workdir)]
         common += ["--nnodes", str(case.nodes), "--master-addr", "127.0.0.1", "--master-port",
                    str(free_port()), "--node-timeout", str(NODE_TIMEOUT),
-                   "--rdzv-conf", f"join_timeout={JOIN_TIMEOUT:g}"]  # fmt: skip
+                   "--rdzv-conf", f"join_timeout={JOIN_TIMEOUT:g}",
+                   "--max-restarts", str(case.max_restarts)]  # fmt: skip
         stagger = random.Random(case.seed + 1)
         launchers = []
         for node in range(case.nodes):
@@ -268,29 +308,45 @@ class Run:
         if not self.events:
             return start + CAP_S
         bound = max(self.events) + BOUND_S
-        if self.case.multi and self.hit_before_up:
+        if self.case.multi and (self.hit_before_up or self.hit_between):
             # An agent that had not joined when a fault hit may then wait out its own join,
             # which starts only after its torch import (seconds, more on a loaded machine),
             # or start it only now, after a SIGCONT.
             bound += JOIN_SLACK
         return bound
 
+    def last_attempt(self) -> int:
+        """The last attempt that had a rank up (0 if none was)."""
+        return max(self.starts, default=0)
+
     def all_ended(self) -> bool:
-        """Whether every rank reached its own end (and was not ended by a teardown)."""
-        return _count(self.workdir, "ending.*") == len(self.case.ranks)
+        """Whether every rank of the last attempt reached its own end (and was not ended by
+        a teardown)."""
+        attempt = self.last_attempt()
+        return _count(self.workdir, f"ending.*.{attempt}") == len(self.case.ranks)
 
     def _see_anchors(self, now: float) -> None:
         ranks = self.case.ranks
-        if "up" not in self.anchors and _count(self.workdir, "up.*") == len(ranks):
+        if "up" not in self.anchors and _count(self.workdir, "up.*.0") == len(ranks):
             self.anchors["up"] = now
-        ended = {int(p.name.split(".")[1]) for p in self.workdir.glob("ending.*")}
-        if ended and "ending" not in self.anchors:
+        for attempt in {int(p.name.split(".")[2]) for p in self.workdir.glob("up.*")}:
+            if attempt not in self.starts:  # a restart: its ranks start a new stretch
+                self.starts.add(attempt)
+                self.events.append(now)
+        ended: dict[int, set[int]] = {}
+        for p in self.workdir.glob("ending.*"):
+            rank, attempt = map(int, p.name.split(".")[1:])
+            ended.setdefault(attempt, set()).add(rank)
+        if ended.get(0) and "ending" not in self.anchors:
             self.anchors["ending"] = now
-        if "over" not in self.anchors and (
-            any(ranks[r].fails() for r in ended) or len(ended) == len(ranks)
-        ):
-            self.anchors["over"] = now
-            self.events.append(now)
+        for attempt, done in ended.items():
+            behaviour = self.case.ranks_in(attempt)
+            if attempt not in self.overs and (
+                any(behaviour[r].fails() for r in done) or len(done) == len(ranks)
+            ):
+                self.overs.add(attempt)
+                self.anchors.setdefault("over", now)
+                self.events.append(now)
 
     def _deliver(self, now: float) -> None:
         for fault in list(self.pending):
@@ -306,6 +362,8 @@ class Run:
             self.delivered.append(f"{signal.Signals(fault.signum).name}>{fault.node}@{moment:.2f}")
             if "up" not in self.anchors:
                 self.hit_before_up = True
+            elif self._between_attempts():
+                self.hit_between = True
             if fault.signum == signal.SIGSTOP:
                 self.conts.append((now + fault.pause, launcher))
             else:
@@ -319,6 +377,14 @@ class Run:
                 self.conts.remove(entry)
                 _signal(launcher.proc.pid, signal.SIGCONT)
                 self.events.append(now)
+
+    def _between_attempts(self) -> bool:
+        """In the teardown of an attempt that may restart, at the barrier, or as the next
+        attempt starts."""
+        if not self.overs:
+            return False
+        last = max(self.overs)
+        return last < self.case.max_restarts and last + 1 not in self.starts
 
 
 def _count(workdir: Path, pattern: str) -> int:
@@ -335,7 +401,8 @@ def _signal(pid: int, signum: int) -> None:
 def plausible_codes(case: Case, launcher: Launcher, run: Run) -> set[int]:
     """The exit codes a launcher may end with, given what its case did to it and its job."""
     codes = {r.exit_code() for r in case.ranks if r.fails()}
-    if all(r.end == "exit0" for r in case.ranks) and run.all_ended():
+    last = case.ranks_in(run.last_attempt())
+    if all(r.end == "exit0" for r in last) and run.all_ended():
         codes.add(0)
     for signum, _, _ in launcher.fatal_sent:
         codes |= {128 + signum, -signum}
@@ -377,11 +444,39 @@ def _check_launcher(case: Case, launcher: Launcher, run: Run) -> list[Finding]:
     if code not in plausible_codes(case, launcher, run):
         findings.append(Finding("code", node, f"exit code {code}; stderr: {_tail(err)}"))
     findings += [Finding("blame", node, why) for why in _misblamed(case, run, own_lines)]
+    if case.max_restarts and not run.delivered:
+        findings += [Finding("restarts", node, why) for why in _restarts_wrong(case, launcher, run)]
     if _lost_signal(launcher, code, err):
         sent_to = launcher.fatal_sent
         sent = ", ".join(f"{signal.Signals(s).name} at {t:.2f} s" for s, t, _ in sent_to)
         findings.append(Finding("lost_signal", node, f"exit code {code} after {sent}"))
     return findings
+
+
+_ATTEMPT = re.compile(r"^rankrun: attempt (\d+): rank (\d+) ")
+
+
+def _restarts_wrong(case: Case, launcher: Launcher, run: Run) -> list[str]:
+    """With no fault, a failure restarts the whole job until its ranks heal or the restarts
+    run out: every node says each restart, and node 0's report has a line per attempt."""
+    wrong = []
+    attempts = case.attempts()
+    if run.last_attempt() + 1 != attempts:
+        wrong.append(f"{run.last_attempt() + 1} attempt(s) ran, not {attempts}")
+    heals = any(r.fails() for r in case.ranks) and case.heals_at <= case.max_restarts
+    code = launcher.proc.returncode
+    if heals != (code == 0):
+        wrong.append(f"exit code {code}, though the ranks {'heal' if heals else 'fail'} "
+                     f"by the last attempt")  # fmt: skip
+    err = launcher.stderr()
+    said = [int(n) for n in re.findall(r"restart (\d+) of \d+", err)]
+    if said != list(range(1, attempts)):
+        wrong.append(f"said restarts {said}, not {list(range(1, attempts))}")
+    if launcher.node == 0 and attempts > 1:
+        lines = re.findall(r"^rankrun: attempt (\d+): ", err, re.MULTILINE)
+        if [int(n) for n in lines] != list(range(attempts)):
+            wrong.append(f"the report's attempt lines are {lines}, not 0..{attempts - 1}")
+    return wrong
 
 
 _LOST = re.compile(r"(\d+) \([^()]*, pid \d+\)")
@@ -398,6 +493,10 @@ def _misblamed(case: Case, run: Run, own_lines: list[str]) -> list[str]:
             if named - run.hit:
                 wrong.append(f"names node(s) {sorted(named - run.hit)} lost, but faults hit "
                              f"{sorted(run.hit) or 'none'}: {ln}")  # fmt: skip
+        if (tried := _ATTEMPT.search(ln)) is not None:
+            number, rank = int(tried[1]), int(tried[2])
+            if not case.ranks_in(number)[rank].fails():
+                wrong.append(f"blames a rank not drawn to fail in that attempt: {ln}")
         if (root := _ROOT.search(ln)) is not None:
             rank, node = int(root[1]), root[2]
             if not case.ranks[rank].fails() or (

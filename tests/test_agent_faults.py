@@ -153,3 +153,45 @@ def test_a_failure_on_the_node_that_ends_the_attempt_last_is_the_job_s_end(runs:
         code0, err0 = finish(node0)
         assert (code0, code1) == (7, 7), (round_, err0[-2000:], err1[-2000:])
         assert "root cause: rank 0" in err0, err0[-2000:]
+
+
+# Rank 1 (node 1) fails once both are up; rank 0 (node 0) ignores the teardown's SIGTERM, so
+# that node 1 waits for node 0 at the restart barrier.
+RETRIED = """
+import glob, os, signal, sys, time
+rank = int(os.environ["RANK"])
+if rank == 0:
+    signal.signal(signal.SIGTERM, lambda *_: open("term", "w").close())
+open(f"up.{rank}", "w").close()
+while len(glob.glob("up.*")) < int(os.environ["WORLD_SIZE"]):
+    time.sleep(0.02)
+if rank == 1:
+    sys.exit(3)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nnodes", [2, 3])
+def test_a_node_lost_before_a_restart_ends_the_job_with_the_failure(
+    runs: Runs, nnodes: int
+) -> None:
+    """Node 1 is killed after its result, during node 0's teardown: node 0 does not wait
+    for it at the restart barrier (for the join's timeout), and ends with the failure; a
+    node 2 that waits there ends too once node 0 has, without a traceback."""
+    runs.script("rank.py", RETRIED, executable=False)
+    flags = ["--nnodes", str(nnodes), "--master-port", str(free_port()),
+             "--shutdown-timeout", "8", "--node-timeout", "4", "--max-restarts", "1",
+             "--rdzv-conf", "join_timeout=90"]  # fmt: skip
+    node0, node1, *node2 = [runs.start(*flags, "--node-rank", str(n), "rank.py")
+                            for n in range(nnodes)]  # fmt: skip
+    runs.wait_for_files("term", 1, timeout=90)
+    time.sleep(2)  # the scenario: node 1 has published its result, node 0 still tears down
+    node1.kill()
+    node1.communicate()
+    ended = [finish(node0), *map(finish, node2)]
+    assert ended[0][0] == 3, ended[0][1][-2000:]
+    assert "no restart: node 1 lost" in ended[0][1], ended[0][1][-2000:]
+    for code, err in ended:
+        own = [line for line in err.splitlines() if not line.startswith("[rank")]
+        assert code != 0 and not any("Traceback" in line for line in own), err[-2000:]

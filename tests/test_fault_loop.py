@@ -26,6 +26,7 @@ MULTI = {
     17: "three agents; node 1 SIGKILLed in the teardown of a failure",
     25: "node 0 stopped for good while the ranks run; continued once node 1 has exited",
     39: "node 0 stopped past --node-timeout while it joins, then continued",
+    3145: "--max-restarts 1: two ranks fail, the job restarts on both nodes, and then succeeds",
 }
 
 
@@ -88,3 +89,21 @@ def test_the_draws_cover_every_fault_the_issue_lists(fault_loop: ModuleType) -> 
     assert any(r.ignore_term for r in ranks) and any(r.children for r in ranks)
     for case in cases:
         assert sum(f.pause == math.inf for f in case.faults) <= 1, case.seed
+
+
+def test_the_multi_node_draws_restart_the_job_some_of_the_time(fault_loop: ModuleType) -> None:
+    """Issue 18: job-wide restarts under faults, in a minority of the cases: failures that
+    heal on a retry or fail every time, and faults in the teardown before a restart."""
+    cases = [fault_loop.draw_case(s) for s in range(1, 1600, 2)]
+    restarting = [c for c in cases if c.max_restarts and any(r.fails() for r in c.ranks)]
+    assert {c.max_restarts for c in cases} == {0, 1, 2}
+    assert 0.3 < sum(c.max_restarts == 0 for c in cases) / len(cases) < 0.7
+    assert any(c.heals_at <= c.max_restarts for c in restarting)
+    assert any(c.heals_at > c.max_restarts == 2 for c in restarting)
+    assert any(f.anchor == "over" for c in restarting for f in c.faults)
+    assert all(c.max_restarts == 0 for c in map(fault_loop.draw_case, range(0, 200, 2)))
+    assert any(not c.faults for c in restarting)  # judged on its attempts, lines and code
+    fails_always = next(c for c in restarting if c.heals_at > c.max_restarts)
+    assert fails_always.attempts() == fails_always.max_restarts + 1
+    briefly = [fault_loop.draw_case(s) for s in MULTI]  # the brief run restarts a job
+    assert any(c.max_restarts and c.attempts() > 1 for c in briefly)

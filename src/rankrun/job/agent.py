@@ -108,13 +108,28 @@ class Agent:
     def stop_listening(self, host: Host) -> None:
         host.remove_source(self.link.fd)
 
-    def meet_again(self, number: int) -> None:
+    def meet_again(self, number: int, printer: Printer) -> bool:
         """Between attempts: every node at the barrier; node 0 opens it with a fresh store
-        for the next attempt's ranks."""
-        self._opened = control.barrier(
-            self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
-            self.plan.rendezvous.join_timeout, self._open_workers,
-        )  # fmt: skip
+        for the next attempt's ranks. False, and a line, where the job can't meet again: a
+        node lost or stopped, this one cut off, or the barrier's time out."""
+        try:
+            self._opened = control.barrier(
+                self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
+                self.plan.rendezvous.join_timeout, self._open_workers, self._gone,
+            )  # fmt: skip
+        except (control.ControlError, RuntimeError) as e:  # torch's: the store went away
+            printer.event(f"no restart: {e}")
+            return False
+        return True
+
+    def _gone(self) -> str | None:
+        """Why the nodes can't all meet again, if they can't."""
+        if self.link.cut_off:
+            return self.link.cut_off_reason()
+        lost = self.link.heartbeat.lost()
+        if lost:
+            return f"node {', '.join(map(str, lost))} lost: no heartbeat for --node-timeout"
+        return None
 
     def _open_workers(self) -> str:
         """Node 0, once every node is at the restart barrier: a fresh store for the ranks."""

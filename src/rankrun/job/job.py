@@ -38,8 +38,8 @@ class Job:
                 attempts.append(attempt)
                 if number == self.plan.max_restarts or not self._restarts(attempt):
                     break
-                if self.agent is not None:
-                    self.agent.meet_again(number)
+                if self.agent is not None and not self.agent.meet_again(number, printer):
+                    break
         finally:
             if self.agent is not None:
                 self.agent.stop_listening(host)
