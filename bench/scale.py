@@ -9,17 +9,24 @@ Every simulated agent runs rankrun's own code: ``control.connect``, ``control.re
 ``announce`` and the join's ``_decide`` as ``Agent._join`` does, and its Link reads every
 heartbeat and declares the lost. The gangs are stand-ins: an agent fails by calling
 ``link.failed(RankResult)``, as the gang's loop would, and a loop per process waits on every
-link's pipe, as the gang's loop waits on one. Agents are packed into processes of up to 512
-(threads inside); node 0 has a process of its own, and node N-1 one of its own, so that it can
-be stopped alone (the lost node) and its CPU and memory read (one agent's idle cost).
+link's pipe, as the gang's loop waits on one. Agents are spread over 8 processes, up to 128 to
+a process (threads inside); node 0 has a process of its own, and node N-1 one of its own, so
+that it can be stopped alone (the lost node) and its CPU and memory read (one agent's idle
+cost).
 
 Figures for each N:
 - join: the last agent started -> every agent has the verdict (``control.join`` returned);
 - fan-out: ``link.failed`` on a random node -> the Halted event at every other agent's pipe;
 - lost: SIGSTOP node N-1's process -> every other agent has the LOST end;
+- the store's share of a fan-out: from its thread's read of the end's ``compare_set`` to its
+  last wake-up write, as ``io_clock.c`` (built with the host's C compiler, preloaded into node
+  0's process) notes them;
 - idle: node 0's store thread CPU (comm ``pt_tcpstore_uv``, /proc schedstat), store requests
   per second (every client wrapped in a counting proxy), node N-1's process CPU and RSS.
-All processes share one host, so ``time.monotonic()`` (CLOCK_MONOTONIC) is one clock.
+All processes share one host, so ``time.monotonic()`` (CLOCK_MONOTONIC) is one clock. The
+packed processes raise Python's switch interval (``--switch-interval``, 20 ms): every thread
+that waits for the GIL wakes once per interval, and at 4,096 agents the 5 ms default made
+those wake-ups take the cores from the store (the join took 30 s, or did not end in 300).
 
 The old design (rankrun 0.3 before the push rewrite) is replayed beside it against a real
 store: per agent, ``add`` + ``check`` every 50 ms and ``add`` + ``multi_get`` of the N-1 other
@@ -35,16 +42,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import queue
 import random
-import re
 import resource
 import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -58,7 +66,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FULL_SIZES = [16, 64, 256, 1024, 4096]
 QUICK_SIZES = [16, 256]
-PER_PROCESS = 128
+PER_PROCESS = 128  # at most, simulated agents a process (4,096 agents: 32 processes of torch)
+PACKS = 8  # processes the agents are spread over, while they fit in them
 BIG = 1024  # from here on, --big-node-timeout: see parse_args
 ADDR = "127.0.0.1"
 LOOP_COMM = "pt_tcpstore_uv"  # the thread of torch's libuv store that serves every request
@@ -263,6 +272,10 @@ def prepare_process(spec: dict[str, Any]) -> None:
         _bound_name_lookups()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Each thread waiting for the GIL wakes every switch interval while another holds it:
+    # with 128 agents to a process and 33 processes to 2 cores, the holder is often off the
+    # cores, and the waiters' wake-ups (128 every 5 ms) take the cores from everyone.
+    sys.setswitchinterval(spec.get("switch_interval", 0.02))
 
 
 def role_node0(spec: dict[str, Any]) -> None:
@@ -494,12 +507,17 @@ class Job:
         self.n, self.args = n, args
         self.node_timeout = args.node_timeout if n < BIG else args.big_node_timeout
         base = {"nnodes": n, "node_timeout": self.node_timeout, "res": args.res,
+                "switch_interval": args.switch_interval,
                 "join_timeout": args.join_timeout, "run_id": f"scale{n}"}  # fmt: skip
-        self.node0 = Child("node0", {**base, "ranks": [0]}, env, wrap)
+        self.clock_file = f"{args.work}/io-{n}.bin" if args.io_clock else None
+        clocked = {"LD_PRELOAD": args.io_clock, "IO_CLOCK_FILE": self.clock_file}
+        self.node0 = Child("node0", {**base, "ranks": [0]},
+                           {**env, **clocked} if self.clock_file else env, wrap)  # fmt: skip
         hello = self.node0.expect("port", 120)
+        self.clock = IoClock(self.clock_file) if self.clock_file else None
         self.port, self.loop_tid, self.node0_pid = hello["port"], hello["loop_tid"], hello["pid"]
         packed = list(range(1, n - 1))
-        count = max(1, -(-len(packed) // args.per_process))
+        count = max(min(PACKS, len(packed)), -(-len(packed) // args.per_process), 1)
         spec = {**base, "port": self.port}
         self.groups = [packed[i::count] for i in range(count)]
         self.packs = [Child("agents", {**spec, "ranks": g}, env, wrap) for g in self.groups]
@@ -616,14 +634,14 @@ class Job:
             "packed_agents_cpu_pct": 100 * (packs1 - packs0) / 1e9 / wall,
         }
 
-    def fan_out(self, attempt: int, trace: bool = False) -> dict[str, Any]:
+    def fan_out(self, attempt: int) -> dict[str, Any]:
         """``link.failed`` on a random node (not N-1, kept for the lost-node run)."""
         if attempt:
             for c in self.everyone:
                 c.send(f"attempt {attempt}")
             gather(self.everyone, "over", self.patience(60))
         rank = random.randrange(0, self.n - 1)
-        tracer = Tracer(self.node0_pid, self.loop_tid) if trace else None
+        since = self.clock.mark() if self.clock else 0
         cpu0 = thread_cpu_ns(self.node0_pid, self.loop_tid)
         self.owner[rank].send(f"fail {rank}")
         failed = self.owner[rank].expect("failed", self.patience(30))["t"]
@@ -633,8 +651,8 @@ class Job:
         pushed = [1000 * (w - failed) for _, w in heard.values() if w is not None]
         out: dict[str, Any] = {"node": rank, "store_cpu_ms": (cpu1 - cpu0) / 1e6,
                                "latencies_ms": latencies, "push_ms": pushed}  # fmt: skip
-        if tracer is not None:
-            out["store_share"] = tracer.share(self.n, f"/attempt/{attempt}/end")
+        if self.clock is not None:
+            out["store_share"] = self.clock.share(since, self.loop_tid)
         return out
 
     def hear(self, count: int, timeout: float, exclude: set[int]) -> dict[int, tuple[float, Any]]:
@@ -663,7 +681,9 @@ class Job:
         for c in self.everyone:
             c.send(f"attempt {attempt}")
         gather(self.everyone, "over", self.patience(60))
-        time.sleep(2 * min(max(self.node_timeout / 5, 0.1), 2.0))  # a beat of each
+        from rankrun.job.control import beat_interval
+
+        time.sleep(2 * beat_interval(self.node_timeout, self.n))  # a beat of each
         stopped = time.monotonic()
         os.kill(self.lone.pid, signal.SIGSTOP)
         limit = 3 * self.node_timeout + self.patience(30)
@@ -677,53 +697,91 @@ class Job:
     def end(self) -> None:
         for c in self.everyone:
             c.end()
+        if self.clock_file:
+            self.clock.map.close() if self.clock else None
+            os.unlink(self.clock_file)
 
 
-class Tracer:
-    """strace on node 0's store thread alone, for one fan-out: when the store read the end's
-    ``compare_set`` and when it wrote each wake-up. strace stops the thread at every read and
-    write, so the figure is an upper bound."""
+class IoClock:
+    """Node 0's reads and writes, as ``io_clock.c`` notes them in a shared file: when its
+    store thread read the end's ``compare_set`` and when it wrote each wake-up."""
 
-    def __init__(self, pid: int, tid: int) -> None:
-        self.path = tempfile.mktemp(prefix="scale-strace-")
-        self.proc: subprocess.Popen[bytes] | None = None
-        if shutil.which("strace") is None:
-            return
-        self.proc = subprocess.Popen(
-            ["strace", "-ttt", "-e", "trace=read,write", "-s", "300", "-o", self.path,
-             "-p", str(tid)], stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(1.0)  # attached
+    HEAD, NOTE = struct.Struct("<qq"), struct.Struct("<diiq8s")
 
-    def share(self, waiters: int, key: str) -> dict[str, Any]:
-        """From the read that holds the end's ``compare_set`` to the last wake-up (a 1-byte
-        write) before the reply to it, which the server sends after waking every waiter."""
-        if self.proc is None:
-            return {"error": "no strace"}
-        time.sleep(0.5)
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(10)
-        with open(self.path) as f:
-            calls = [TRACED.match(line) for line in f]
-        os.unlink(self.path)
-        rows = [(float(m[1]), m[2], m[3]) for m in calls if m]
-        start = next((i for i, (_, op, data) in enumerate(rows)
-                      if op == "read" and key in data and "failure" in data), None)  # fmt: skip
-        if start is None:
-            return {"error": "the compare_set's read not seen", "calls": len(rows)}
-        wakes = []
-        for t, op, data in rows[start + 1 :]:
-            if op == "write" and "failure" in data:
-                break
-            if op == "write" and data == "\\0":
-                wakes.append(t)
-        if not wakes:
-            return {"error": "no wake-ups seen", "calls": len(rows)}
-        return {"share_ms": 1000 * (wakes[-1] - rows[start][0]), "wakeups": len(wakes),
-                "waiters": waiters}  # fmt: skip
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def mark(self) -> int:
+        """The number of notes so far."""
+        return int(self.HEAD.unpack_from(self.map, 0)[0])
+
+    def notes(self, since: int, tid: int) -> list[tuple[float, str, int]]:
+        """Thread ``tid``'s notes from note ``since``: (time, "r" or "w", bytes)."""
+        slots = self.HEAD.unpack_from(self.map, 0)[1]
+        upto = min(self.mark(), slots)
+        rows = (self.NOTE.unpack_from(self.map, self.HEAD.size + i * self.NOTE.size)
+                for i in range(since, upto))  # fmt: skip
+        return [(t, chr(op), size) for t, who, op, size, _ in rows if who == tid]
+
+    def share(self, since: int, tid: int) -> dict[str, Any]:
+        """From the read that woke the waiters to the last of the wake-ups: the run of 1-byte
+        writes, which the server makes in one pass before it answers the ``compare_set``."""
+        notes = self.notes(since, tid)
+        first = next((i for i, (_, op, size) in enumerate(notes) if op == "w" and size == 1),
+                     None)  # fmt: skip
+        read = next((i for i in range(first or 0, -1, -1) if notes[i][1] == "r"), None)
+        if first is None or read is None:
+            return {"error": "no wake-ups seen", "notes": len(notes)}
+        last = first
+        while last + 1 < len(notes) and notes[last + 1][1:] == ("w", 1):
+            last += 1
+        t0 = notes[read][0]
+        times = [t for t, _, _ in notes[first : last + 1]]
+        gaps = [1e6 * (b - a) for a, b in zip(times, times[1:], strict=False)]
+        quarter = max(1, len(gaps) // 4)
+        return {"share_ms": 1000 * (notes[last][0] - t0), "wakeups": last - first + 1,
+                "first_wake_ms": 1000 * (notes[first][0] - t0),
+                "gap_us": quantiles(gaps), "gap_us_first_quarter": quantiles(gaps[:quarter])["p50"],
+                "gap_us_last_quarter": quantiles(gaps[-quarter:])["p50"]}  # fmt: skip
 
 
-TRACED = re.compile(r'^(\d+\.\d+) (read|write)\(\d+, "(.*)"\.*, \d+\) += \d+')
+def write_floor_ms(n: int) -> float:
+    """What ``n`` 1-byte writes to ``n`` loopback TCP connections cost one thread on this host:
+    the floor under the store's share of a fan-out to ``n`` waiters (median of 3 passes)."""
+    listener = socket.create_server((ADDR, 0), backlog=n)
+    clients, served = [], []
+    try:
+        for _ in range(n):
+            clients.append(socket.create_connection(listener.getsockname()))
+            served.append(listener.accept()[0])
+        fds = [c.fileno() for c in served]
+        passes = []
+        for _ in range(3):
+            started = time.perf_counter()
+            for fd in fds:
+                os.write(fd, b"\0")
+            passes.append(1000 * (time.perf_counter() - started))
+            for c in clients:
+                c.recv(16)
+        return sorted(passes)[1]
+    finally:
+        for sock in (*clients, *served, listener):
+            sock.close()
+
+
+def build_io_clock(out: Path) -> str | None:
+    """``io_clock.c`` built into ``out``, or None where there is no C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    lib = out / "io_clock.so"
+    built = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib),
+                            str(HERE / "io_clock.c"), "-ldl"], capture_output=True)  # fmt: skip
+    return str(lib) if built.returncode == 0 else None
 
 
 def measure_new(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
@@ -739,15 +797,17 @@ def measure_new(n: int, args: argparse.Namespace, env: dict[str, str]) -> dict[s
         row["fanout_ms"] = quantiles(samples)
         row["push_ms"] = quantiles([ms for t in trials for ms in t["push_ms"]])
         row["fanout_trials"] = [{**quantiles(t["latencies_ms"]), "node": t["node"],
-                                 "store_cpu_ms": t["store_cpu_ms"]} for t in trials]  # fmt: skip
+                                 "store_cpu_ms": t["store_cpu_ms"],
+                                 "store_share": t.get("store_share")} for t in trials]  # fmt: skip
+        shares = [t["store_share"]["share_ms"] for t in trials
+                  if "share_ms" in t.get("store_share", {})]  # fmt: skip
+        if shares:
+            row["store_share_ms"] = quantiles(shares)
+            gaps = [t["store_share"]["gap_us"]["p50"] for t in trials
+                    if "gap_us" in t.get("store_share", {})]  # fmt: skip
+            row["wake_gap_us"] = quantiles(gaps)["p50"]
+            row["write_floor_ms"] = write_floor_ms(n)
         attempt = args.fanouts
-        if n >= min(BIG, max(args.sizes)):  # the largest N may not complete here
-            traced = job.fan_out(attempt, trace=True)
-            row["store_share"] = {**traced.get("store_share", {}),
-                                  "store_cpu_ms": traced["store_cpu_ms"],
-                                  "fanout": quantiles(traced["latencies_ms"]),
-                                  "push": quantiles(traced["push_ms"])}  # fmt: skip
-            attempt += 1
         row.update(job.lost(attempt))
     finally:
         job.end()
@@ -977,9 +1037,10 @@ LEGEND = [
     "What the simulation shares with a real job: the code (connect, join, Link with its three",
     "threads, node 0's serve/announce/decide), one real TCPStore served by node 0's process,",
     "the request pattern. What it does not: every agent here shares the same 2 cores, and up to",
-    "128 agents share one process and its GIL, where each real agent has a host of its own. So",
-    "the wake-up-to-loop time, the verdict spread and the join are upper bounds of the real ones,",
-    "and the store's share competes with the agents' threads for the cores.",
+    "128 agents share one process and its GIL (switch interval 20 ms), where each real agent",
+    "has a host of its own. So the wake-up-to-loop time, the verdict spread and the join are",
+    "upper bounds of the real ones, and the store's share competes with the agents' threads for",
+    "the cores.",
     "",
 ]
 
@@ -1003,9 +1064,9 @@ def targets(data: dict[str, Any]) -> list[str]:
         judged("fan-out p99", 64, lambda r: r["fanout_ms"]["p99"], 10, "ms"),
         judged("fan-out p99", 1024, lambda r: r["fanout_ms"]["p99"], 100, "ms"),
         judged(
-            "store's share of a fan-out",
+            "store's share of a fan-out (max)",
             4096,
-            lambda r: r.get("store_share", {}).get("share_ms"),
+            lambda r: r.get("store_share_ms", {}).get("max"),
             20,
             "ms",
         ),  # fmt: skip
@@ -1013,6 +1074,26 @@ def targets(data: dict[str, Any]) -> list[str]:
         f"- an agent's idle CPU <= 0.2 %: at most {fmt(agent, 3)} % over every N, "
         f"{'met' if agent is not None and agent <= 0.2 else 'MISSED'}",
     ]
+
+
+def share_lines(data: dict[str, Any]) -> list[str]:
+    """The store's share of a fan-out at each N, beside what its wake-ups cost at the median
+    pace and what N plain writes cost here."""
+    rows = [r for r in data["new"] if "store_share_ms" in r]
+    if not rows:
+        return []
+    lines = ["", "Store's share of a fan-out (`io_clock.c` in node 0's process: its store "
+             "thread's read of the end's compare_set -> its last wake-up write; median / max of "
+             "the fan-outs), beside N wake-ups at their median pace, and N 1-byte socket writes "
+             "from Python on this host. The difference is the store thread waiting for a core, "
+             "which the agents it woke first are using.", "",
+             "| N | share ms | wake-up every us (median) | N at that pace ms | N writes ms |",
+             "|---:|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        share, gap = r["store_share_ms"], r.get("wake_gap_us", float("nan"))
+        lines.append(f"| {r['n']:,} | {fmt(share['p50'])} / {fmt(share['max'])} | {fmt(gap)} | "
+                     f"{fmt(gap * r['n'] / 1000)} | {fmt(r.get('write_floor_ms'))} |")  # fmt: skip
+    return lines
 
 
 def write_md(path: Path, data: dict[str, Any]) -> None:
@@ -1025,7 +1106,9 @@ def write_md(path: Path, data: dict[str, Any]) -> None:
         f"{data['started']}, {data['machine']['cpus']} cores, torch {data['machine']['torch']};"
         f" --node-timeout {data['node_timeout']:g} s (from N={BIG:,}: "
         f"{data.get('big_node_timeout', data['node_timeout']):g} s); "
-        f"{data.get('per_process', PER_PROCESS)} simulated agents a process; "
+        f"agents spread over {PACKS} processes, at most {data.get('per_process', PER_PROCESS)} "
+        f"a process (node 0 and node N-1 alone); Python switch interval "
+        f"{1000 * data.get('switch_interval', 0.005):g} ms; "
         f"sweep took {data['sweep_s']:.0f} s.",
         "",
         "| N | join s (verdict spread) | fan-out p50 / p99 / max ms | push p50 / p99 ms | "
@@ -1049,13 +1132,7 @@ def write_md(path: Path, data: dict[str, Any]) -> None:
         )
     for failed in data.get("failed", ()):
         lines.append(f"| {failed['n']:,} | did not complete: {failed['error'][:300]} |")
-    for top in (r for r in data["new"] if "store_share" in r):
-        s = top["store_share"]
-        lines += ["", f"Store's share of one fan-out at N={top['n']:,}: "
-                  f"{fmt(s.get('share_ms'))} ms from the compare_set's reply to the last wake-up "
-                  f"write (strace on the store thread, which slows it), "
-                  f"{fmt(s.get('store_cpu_ms'))} ms of store-thread CPU over the whole fan-out "
-                  f"(schedstat, including the N gets that follow)."]  # fmt: skip
+    lines += share_lines(data)
     lines += ["", "Targets (issue 18), on this 2-core machine:", "", *targets(data)]
     if data["old"]:
         lines += ["", "Old design, replayed against a real store:", "",
@@ -1097,7 +1174,9 @@ def plot(path: Path, data: dict[str, Any]) -> None:
         ("join (s)", [("join", [r["join_s"] for r in new])], 30.0),
         ("failure fan-out (ms)", [*[(q, [r["fanout_ms"][q] for r in new])
                                     for q in ("p50", "p99", "max")],
-                                  ("push p99", [r.get("push_ms", {}).get("p99") for r in new])],
+                                  ("push p99", [r.get("push_ms", {}).get("p99") for r in new]),
+                                  ("store's share (max)", [r.get("store_share_ms", {}).get("max")
+                                                           for r in new])],
          None),  # fmt: skip
         ("lost node -> job ended (x --node-timeout)",
          [("lost", [r["lost_over_timeout"] for r in new])], 1.0),  # fmt: skip
@@ -1147,7 +1226,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "hundreds of agents sharing one process's GIL do")  # fmt: skip
     p.add_argument("--join-timeout", type=float, default=120.0)
     p.add_argument("--per-process", type=int, default=PER_PROCESS,
-                   help=f"simulated agents per process ({PER_PROCESS})")  # fmt: skip
+                   help=f"simulated agents per process, at most ({PER_PROCESS}); they are "
+                   f"spread over {PACKS} processes while they fit")  # fmt: skip
+    p.add_argument("--switch-interval", type=float, default=0.02,
+                   help="sys.setswitchinterval of the simulated agents' processes (0.02 s; "
+                   "Python's own is 0.005)")  # fmt: skip
     p.add_argument("--no-old", action="store_true", help="skip the old design's replay")
     p.add_argument("--old-seconds", type=float, help="seconds of each replay (10; --quick 2)")
     p.add_argument("--no-dns", action="store_true", help="skip the DNS runs (--quick does)")
@@ -1183,10 +1266,13 @@ def main() -> None:
     started_wall, started = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
     env = {**os.environ}
     env.pop("RES_OPTIONS", None)  # each process sets it as the real agent does
+    args.work = tempfile.mkdtemp(prefix="scale-")
+    args.io_clock = build_io_clock(Path(args.work))
     data: dict[str, Any] = {"started": started_wall, "sizes": args.sizes, "quick": args.quick,
                             "node_timeout": args.node_timeout, "machine": machine(),
                             "big_node_timeout": args.big_node_timeout,
                             "per_process": args.per_process,
+                            "switch_interval": args.switch_interval,
                             "new": [], "old": [], "dns_cap": args.dns_cap}  # fmt: skip
     for n in args.sizes:
         try:
@@ -1202,6 +1288,7 @@ def main() -> None:
         data["dns_joins"] = dns_joins(args, env)
     data["sweep_s"] = time.monotonic() - started
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    shutil.rmtree(args.work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(data, indent=1) + "\n")
     write_md(args.out / "scale.md", data)
