@@ -369,18 +369,30 @@ def measure_multi_failure(launcher: MultiNode, nodes: int) -> dict[str, object]:
         agents = Agents.start(launcher, nodes, WORKLOADS / "fail_last.sh", Path(work))
         try:
             died = wait_for_stamp(Path(work) / "died", timeout=multi_start_s(nodes))
+            busy = host_busy_s()
             exits = agents.wait(timeout=MULTI_HANG_S if died is not None else 0)
+            teardown = host_busy_s() - busy if None not in exits else None
             time.sleep(1)
             exited = [e for e in exits if e is not None]
             return {
                 "latency_s": None if died is None or None in exits else max(exits) - died,
                 "first_exit_s": None if died is None or not exited else min(exited) - died,
+                "teardown_cpu_s": teardown if died is not None else None,
                 "failed": died is not None,
                 "exit_codes": agents.exit_codes(),
                 "leftovers": agents.leftovers(),
             }
         finally:
             agents.end()
+
+
+def host_busy_s() -> float:
+    """CPU seconds every core of this host has spent busy since boot (/proc/stat): across a
+    window, what everything on the host used, the launchers' processes and all under them."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_output(launcher: Launcher, lines: int) -> dict[str, float | int]:
@@ -502,6 +514,7 @@ def summarize_multi(across: dict, plan: Plan) -> dict[str, dict[str, object]]:
                 "failure_latency": median([f["latency_s"] for f in failures]),
                 "failure_spread": spread([f["latency_s"] for f in failures]),
                 "failure_hung": sum(f["latency_s"] is None for f in failures),
+                "teardown_cpu_s": median([f.get("teardown_cpu_s") for f in failures]),
                 "failure_runs": len(failures),
                 "exit_codes": code_patterns(failures),
                 "leftovers_failure": max((f["leftovers"] for f in failures), default=None),
@@ -569,7 +582,8 @@ def _seconds(value: object, missing: str) -> str:
 
 def multi_table(rows: dict[str, dict[str, object]], absent: list[str]) -> str:
     heads = ["agents", "launch → first rank running", "launch → all exited (exit 0)",
-             "failure → all exited", "exit codes, per agent", "left behind: failure"]  # fmt: skip
+             "failure → all exited", "CPU from failure to exit", "exit codes, per agent",
+             "left behind: failure"]  # fmt: skip
     out = ["| launcher | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for r in rows.values():
         clean = r["clean_exit_codes"]
@@ -578,11 +592,16 @@ def multi_table(rows: dict[str, dict[str, object]], absent: list[str]) -> str:
         first = _seconds(r["first_rank_s"], "never starts") + _range(r["first_rank_spread"], 1, "")
         cells = [str(r["agents"]), first,
                  _seconds(r["all_exited_s"], "never exits") + unclean, failure,
+                 _cpu_ms(r.get("teardown_cpu_s")),
                  ", ".join(r["exit_codes"]) or "n/a", str(r["leftovers_failure"])]  # fmt: skip
         out.append(f"| {r['launcher']} | " + " | ".join(cells) + " |")
     for name in absent:
         out.append(f"| {name} | absent: not installed |" + " |" * (len(heads) - 1))
     return "\n".join(out)
+
+
+def _cpu_ms(seconds: object) -> str:
+    return f"{seconds * 1000:.0f} ms" if isinstance(seconds, float) else "n/a"
 
 
 def _range(bounds: object, scale: float, unit: str) -> str:
@@ -771,7 +790,9 @@ def report(
             f"({plan.failure_rounds} for failure); no baseline, the bare loop has no nodes. "
             "On failure the last node's rank exits 3 once every rank is up; exit codes are "
             f"per agent in launch order, and an agent still running {MULTI_HANG_S:g} s after "
-            "the failure never exits; leftovers are counted one second after it. In brackets: "
+            "the failure never exits; leftovers are counted one second after it. CPU from "
+            "failure to exit: what the host's cores spent busy from the failure's stamp to the "
+            "last agent's exit, all cores together (/proc/stat, in 10 ms ticks). In brackets: "
             "the fastest and slowest run.",
             "", multi_table(multi_rows, multi_absent),
         ]  # fmt: skip
