@@ -59,6 +59,7 @@ class Guardian:
         """Readable, at EOF, once the guardian has died."""
         self._fd = groups_w
         self._named = self._released = b""
+        self._closed = False
 
     def adopted(self) -> None:
         """Wait until init has adopted the guardian: its first fork has exited.
@@ -94,9 +95,18 @@ class Guardian:
 
     def close(self) -> None:
         """Stop guarding; groups still named are ended, as the launcher had not."""
+        if self._closed:
+            return
+        self._closed = True
         self._send(b"=\n")
         os.close(self._fd)
         os.close(self.lifeline)
+
+    def discard(self) -> None:
+        """Stop a guardian whether or not a ``Host`` took it (a join that failed first)."""
+        if self.pid == 0:
+            self.adopted()
+        self.close()
 
 
 def _become_guardian(read_fd: int, lifeline: int, grace: float, token: str) -> None:

@@ -34,8 +34,11 @@ if TYPE_CHECKING:
 class Host:
     """Owns, while entered, the signal handlers, the subreaper and the guardian."""
 
-    def __init__(self, printer: Printer, grace: float, nproc: int, token: str) -> None:
+    def __init__(self, printer: Printer, grace: float, nproc: int, token: str,
+                 guardian: Guardian | None = None) -> None:  # fmt: skip
+        """``guardian``: one forked already, which this host owns from its entry."""
         self._printer, self._grace, self._nproc, self._token = printer, grace, nproc, token
+        self._forked = guardian
         self._watch = Watch()
         self._guardian: Guardian | None = None
         self._subreaper = False
@@ -62,7 +65,7 @@ class Host:
             self._memory = memory_cgroup()
             self._oom_kills = self._memory.oom_kills() if self._memory is not None else None
             # Forked first, so that it is adopted by init and not by the launcher as subreaper.
-            self._guardian = Guardian(self._grace, self._token)
+            self._guardian = self._forked or Guardian(self._grace, self._token)
             load_prctl()  # while the guardian's first fork exits
             self._watch.hold_stops()
             self._guardian.adopted()
