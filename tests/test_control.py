@@ -467,6 +467,10 @@ def test_barrier_and_results() -> None:
     assert opened == ["port 4242"] * 3
     with pytest.raises(control.BarrierTimeout, match="node 1, 2 did not reach restart-2"):
         control.barrier(stores[0], "restart-2", 0, 3, timeout=0.5)
+    t0 = time.monotonic()  # a node lost, a signal: the barrier is left at once
+    with pytest.raises(control.Abandoned, match="node 2 lost"):
+        control.barrier(stores[0], "restart-3", 0, 3, timeout=30, given_up=lambda: "node 2 lost")
+    assert time.monotonic() - t0 < 5
 
     rows = (RankResult(0, 0, 10, 1.0, Ending(0, None, 2.0)),)
     control.publish_result(stores[0], 1, control.NodeResult(0, "h0", 10, 0, rows), 3)

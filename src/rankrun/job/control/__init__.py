@@ -71,7 +71,7 @@ from rankrun.job.control.attempt import (
     publish_result,
     say_seen,
 )
-from rankrun.job.control.calls import ControlError, Unresponsive, bounded
+from rankrun.job.control.calls import Abandoned, ControlError, Unresponsive, bounded, first_line
 from rankrun.job.control.heartbeat import Heartbeat, NodeBeat, beat_interval, node_beats
 from rankrun.job.control.join import (
     DuplicateNodeRank,
@@ -103,6 +103,7 @@ from rankrun.job.control.store import (
 )
 
 __all__ = [
+    "Abandoned",
     "ANSWER_MAX",
     "Ask",
     "answer",
@@ -146,6 +147,7 @@ __all__ = [
     "declare_lost",
     "end_attempt",
     "failures",
+    "first_line",
     "first_failure",
     "gather_results",
     "interrupted",

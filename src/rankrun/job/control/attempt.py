@@ -8,20 +8,10 @@ but node 0 reads another node's keys.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from rankrun.job.control.calls import (
-    Call,
-    ControlError,
-    Unresponsive,
-    bounded,
-    dump,
-    load,
-    peek,
-    wait_for,
-)
+from rankrun.job.control.calls import ControlError, bounded, dump, load, peek, wait_for
 from rankrun.job.control.store import JobStore
 from rankrun.output.outcome import Ending, OomVerdict, RankResult
 
@@ -271,7 +261,7 @@ def barrier(
     wait for that value, which every node returns. Waits happen on a connection of their
     own, so the heartbeat's client is never held up; a stopped node 0 ends it as
     ``Unresponsive`` after ``timeout``. ``given_up()`` says why the job can't meet any
-    more (a node lost, this one cut off): the barrier then raises BarrierTimeout at once.
+    more (a node lost, this one cut off, a signal): the barrier then raises ``Abandoned``.
     """
 
     def meet() -> str:
@@ -288,15 +278,7 @@ def barrier(
             _missed(mine, name, nnodes, timeout)
         return bytes(client.get(keys.opened(name))).decode()
 
-    call = Call(meet)
-    deadline = time.monotonic() + timeout + 10
-    while not call.wait(0.05):
-        why = given_up()
-        if why is not None:
-            raise BarrierTimeout(why)
-        if time.monotonic() >= deadline:
-            raise Unresponsive(f"the barrier {name}: the store did not answer within {timeout:g} s")
-    return call.result()
+    return bounded(meet, timeout + 10, f"the barrier {name}", given_up)
 
 
 def _missed(store: JobStore, name: str, nnodes: int, timeout: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -16,6 +17,13 @@ class ControlError(Exception):
 
 class Unresponsive(ControlError):
     """The store did not answer in time: node 0 stopped or lost, or the network is down."""
+
+
+class Abandoned(ControlError):
+    """A wait given up for a reason of the caller's (a node lost, a signal): its words."""
+
+
+GIVEN_UP_EVERY = 0.05  # seconds between a bounded call's looks at whether to give up
 
 
 class Call(Generic[T]):
@@ -50,11 +58,25 @@ class Call(Generic[T]):
         return self._value[0]
 
 
-def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """``fn()``, or ``Unresponsive`` if it has not returned within ``timeout`` seconds."""
+def bounded(
+    fn: Callable[[], T],
+    timeout: float,
+    what: str,
+    given_up: Callable[[], str | None] | None = None,
+) -> T:
+    """``fn()``, or ``Unresponsive`` if it has not returned within ``timeout`` seconds.
+
+    ``given_up()``, asked every ``GIVEN_UP_EVERY`` seconds, says why waiting is pointless (a
+    node lost, a signal): its words end the wait at once, as ``Abandoned``."""
     call = Call(fn)
-    if not call.wait(timeout):
-        raise Unresponsive(f"{what}: the store did not answer within {timeout:g} s")
+    deadline = time.monotonic() + timeout
+    step = timeout if given_up is None else GIVEN_UP_EVERY
+    while not call.wait(max(0.0, min(step, deadline - time.monotonic()))):
+        why = None if given_up is None else given_up()
+        if why is not None:
+            raise Abandoned(why)
+        if time.monotonic() >= deadline:
+            raise Unresponsive(f"{what}: the store did not answer within {timeout:g} s")
     return call.result()
 
 
