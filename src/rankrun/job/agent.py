@@ -108,28 +108,30 @@ class Agent:
     def stop_listening(self, host: Host) -> None:
         host.remove_source(self.link.fd)
 
-    def meet_again(self, number: int, printer: Printer) -> bool:
+    def meet_again(self, number: int, host: Host, printer: Printer) -> bool:
         """Between attempts: every node at the barrier; node 0 opens it with a fresh store
         for the next attempt's ranks. False, and a line, where the job can't meet again: a
-        node lost or stopped, this one cut off, or the barrier's time out."""
+        node lost or stopped, this one cut off or signalled, or the barrier's time out."""
         try:
             self._opened = control.barrier(
                 self.store, f"attempt_{number + 1}", self.plan.node_rank, self.plan.nnodes,
-                self.plan.rendezvous.join_timeout, self._open_workers, self._gone,
+                self.plan.rendezvous.join_timeout, self._open_workers,
+                functools.partial(self._gone, host),
             )  # fmt: skip
         except (control.ControlError, RuntimeError) as e:  # torch's: the store went away
-            printer.event(f"no restart: {e}")
+            printer.event(f"no restart: {control.first_line(e)}")
             return False
         return True
 
-    def _gone(self) -> str | None:
+    def _gone(self, host: Host) -> str | None:
         """Why the nodes can't all meet again, if they can't."""
+        signum = host.terminating()
+        if signum is not None:
+            return f"stopped by {signal.Signals(signum).name}"
         if self.link.cut_off:
             return self.link.cut_off_reason()
-        lost = self.link.heartbeat.lost()
-        if lost:
-            return f"node {', '.join(map(str, lost))} lost: no heartbeat for --node-timeout"
-        return None
+        lost = ", ".join(map(str, self.link.heartbeat.lost()))
+        return f"node {lost} lost: no heartbeat for {self.link.timeout:g} s" if lost else None
 
     def _open_workers(self) -> str:
         """Node 0, once every node is at the restart barrier: a fresh store for the ranks."""
@@ -188,6 +190,7 @@ class Agent:
                     continue
                 if e.signum in TERMINATING:  # wait no more: the user asked to stop
                     self._try(functools.partial(link.publish_interrupt, number, e.signum))
+                    self._try(lambda: control.publish_interrupt(self.store, number))
                     self._say_seen(number)
                     return link.ends.get(number), e.signum
                 if e.signum == signal.SIGTSTP:

@@ -38,7 +38,7 @@ class Job:
                 attempts.append(attempt)
                 if number == self.plan.max_restarts or not self._restarts(attempt):
                     break
-                if self.agent is not None and not self.agent.meet_again(number, printer):
+                if self.agent is not None and not self.agent.meet_again(number, host, printer):
                     break
         finally:
             if self.agent is not None:
@@ -53,9 +53,11 @@ class Job:
     def _restarts(self, attempt: Attempt) -> bool:
         """After a failure, with restarts left; never after a signal to the launcher. Across
         nodes, after a rank's failure anywhere, and no node's signal."""
+        if attempt.interrupted_by:
+            return False
         if self.agent is not None:
             return self.agent.restarts(attempt.number)
-        return not (attempt.exit_code == 0 or attempt.interrupted_by or attempt.launcher_error)
+        return not (attempt.exit_code == 0 or attempt.launcher_error)
 
     def conclude(
         self, outcome: Outcome, printer: Printer, summary: str | None, quiet: bool = False

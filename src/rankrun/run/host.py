@@ -273,6 +273,10 @@ class Host:
         """Stop this process until SIGCONT, as Ctrl-Z would, unless a SIGCONT came already."""
         self._watch.pause()
 
+    def terminating(self) -> int | None:
+        """A terminating signal that came and is still to be handled, if one did."""
+        return self._watch.terminating()
+
     def raise_on_terminating(self) -> None:
         """Once the ranks have ended, a terminating signal breaks a blocked report or summary."""
         self._watch.raise_on_terminating()

@@ -186,6 +186,11 @@ class Watch:
             events.append(Signalled(signal.SIGTSTP))
         return [Signalled(signal.SIGCHLD)] + events if chld else events
 
+    def terminating(self) -> int | None:
+        """The first terminating signal pending, if any; it stays pending for ``wait``."""
+        self._read_signals()
+        return next((s for s in self._pending if s in TERMINATING), None)
+
     def _watch_stops(self) -> None:
         """Select on the signalfd, unless the SIGTSTP it last reported is still pending."""
         fd = self.job.fd
