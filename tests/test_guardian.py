@@ -85,6 +85,30 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+# A multi-node agent forks its guardian before the join; a join that fails closes it
+# before any Host took it.
+UNTAKEN = """
+import os
+from rankrun.run.guardian import Guardian
+
+guard = Guardian(grace=1.0, token="t0k")
+guard.close()
+guard.close()  # the Host that would have closed it again
+try:
+    os.waitpid(-1, os.WNOHANG)
+except ChildProcessError:
+    print("no child left")
+"""
+
+
+def test_a_guardian_no_host_took_is_closed_with_nothing_left(runs: Runs) -> None:
+    runs.script("launcher.py", UNTAKEN, executable=False)
+    done = subprocess.run([sys.executable, "launcher.py"], cwd=runs.workdir, env=runs.env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "no child left\n", done.stderr
+    # the guardian itself, told goodbye, leaves: the runs fixture finds nothing tagged alive
+
+
 @pytest.mark.slow
 def test_the_launchers_sigkill_ends_named_groups_and_the_groups_of_the_token(
     runs: Runs,

@@ -58,7 +58,7 @@ def _launch(plan: Plan, script: str, args: Sequence[str], options: Options) -> O
         return _supervise(plan, options, printer, agent, guardian)
     finally:
         if guardian is not None:
-            guardian.discard()  # where no Host took it
+            guardian.close()  # where no Host took it
 
 
 def _agent(
@@ -74,7 +74,7 @@ def _agent(
     try:
         return start_threads(lambda: _join(plan, script, args, options, printer)), guardian
     except BaseException:
-        guardian.discard()
+        guardian.close()
         raise
 
 

@@ -29,9 +29,14 @@ import time
 
 from rankrun.plan.plan import TOKEN_VAR
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 _LOOK_AGAIN_S = 0.25  # reading every process's environment costs; the groups go first
 _MOST_UNSENT = 16
 _LOOK_AT_LEAST_S = 1.0
+_UNTIL_SET_UP = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 NAME = b"rankrun-guard"
 
 
@@ -39,6 +44,9 @@ class Guardian:
     def __init__(self, grace: float, token: str) -> None:
         groups_r, groups_w = os.pipe()
         lifeline_r, lifeline_w = os.pipe()
+        # Until the guardian has its own handlers, a Ctrl-C to the process group must not
+        # raise in a copy of the launcher (a multi-node agent forks it before its own).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _UNTIL_SET_UP)
         middle = os.fork()
         if middle == 0:
             try:
@@ -46,11 +54,12 @@ class Guardian:
                 os.close(lifeline_r)
                 pid = os.fork()
                 if pid == 0:
-                    _become_guardian(groups_r, lifeline_w, grace, token)
+                    _become_guardian(groups_r, lifeline_w, grace, token, mask)
                 else:
                     os.write(lifeline_w, b"%d\n" % pid)
             finally:
                 os._exit(0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(groups_r)
         os.close(lifeline_w)
         self._middle = middle
@@ -67,7 +76,9 @@ class Guardian:
         Before this, the launcher must not become a subreaper, or it would adopt the guardian.
         """
         os.waitpid(self._middle, 0)
-        self.pid = int(os.read(self.lifeline, 32))
+        self._middle = 0
+        said = os.read(self.lifeline, 32)
+        self.pid = int(said) if said.strip() else -1  # -1: its first fork died before saying
 
     def guard(self, pgid: int) -> None:
         """Name a rank's group with the next ``flush``: from then on it must not outlive the
@@ -94,22 +105,22 @@ class Guardian:
             pass  # the guardian died; the gang has said so, and the run goes on without it
 
     def close(self) -> None:
-        """Stop guarding; groups still named are ended, as the launcher had not."""
+        """Stop guarding; groups still named are ended, as the launcher had not. Once only:
+        a guardian forked before its ``Host`` is closed by whichever ends first."""
         if self._closed:
             return
         self._closed = True
+        if self._middle:
+            os.waitpid(self._middle, 0)  # never adopted: reap its first fork
+            self._middle = 0
         self._send(b"=\n")
         os.close(self._fd)
         os.close(self.lifeline)
 
-    def discard(self) -> None:
-        """Stop a guardian whether or not a ``Host`` took it (a join that failed first)."""
-        if self.pid == 0:
-            self.adopted()
-        self.close()
 
-
-def _become_guardian(read_fd: int, lifeline: int, grace: float, token: str) -> None:
+def _become_guardian(
+    read_fd: int, lifeline: int, grace: float, token: str, mask: Iterable[int]
+) -> None:
     _name_self(NAME)
     os.setsid()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
@@ -117,6 +128,7 @@ def _become_guardian(read_fd: int, lifeline: int, grace: float, token: str) -> N
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     keep = [_above_stdio(fd) for fd in (read_fd, lifeline)]
     read_fd = keep[0]
     devnull = os.open(os.devnull, os.O_RDWR)
