@@ -273,7 +273,7 @@ def prepare_process(spec: dict[str, Any]) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Each thread waiting for the GIL wakes every switch interval while another holds it:
-    # with 128 agents to a process and 33 processes to 2 cores, the holder is often off the
+    # with 128 agents to a process and 34 processes to 2 cores, the holder is often off the
     # cores, and the waiters' wake-ups (128 every 5 ms) take the cores from everyone.
     sys.setswitchinterval(spec.get("switch_interval", 0.02))
 
@@ -517,7 +517,7 @@ class Job:
         self.clock = IoClock(self.clock_file) if self.clock_file else None
         self.port, self.loop_tid, self.node0_pid = hello["port"], hello["loop_tid"], hello["pid"]
         packed = list(range(1, n - 1))
-        count = max(min(PACKS, len(packed)), -(-len(packed) // args.per_process), 1)
+        count = pack_count(n, args.per_process)
         spec = {**base, "port": self.port}
         self.groups = [packed[i::count] for i in range(count)]
         self.packs = [Child("agents", {**spec, "ranks": g}, env, wrap) for g in self.groups]
@@ -697,8 +697,9 @@ class Job:
     def end(self) -> None:
         for c in self.everyone:
             c.end()
-        if self.clock_file:
-            self.clock.map.close() if self.clock else None
+        if self.clock is not None:
+            self.clock.map.close()
+        if self.clock_file and os.path.exists(self.clock_file):
             os.unlink(self.clock_file)
 
 
@@ -733,9 +734,11 @@ class IoClock:
         notes = self.notes(since, tid)
         first = next((i for i, (_, op, size) in enumerate(notes) if op == "w" and size == 1),
                      None)  # fmt: skip
-        read = next((i for i in range(first or 0, -1, -1) if notes[i][1] == "r"), None)
-        if first is None or read is None:
+        if first is None:
             return {"error": "no wake-ups seen", "notes": len(notes)}
+        read = next((i for i in range(first, -1, -1) if notes[i][1] == "r"), None)
+        if read is None:
+            return {"error": "no read before the wake-ups", "notes": len(notes)}
         last = first
         while last + 1 < len(notes) and notes[last + 1][1:] == ("w", 1):
             last += 1
@@ -1076,6 +1079,19 @@ def targets(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def pack_count(n: int, most: int) -> int:
+    """The processes that hold nodes 1 to N-2: ``PACKS`` while ``most`` fit in each."""
+    packed = n - 2
+    return max(min(PACKS, packed), -(-packed // most), 1)
+
+
+def packs_said(data: dict[str, Any]) -> str:
+    """How many processes held the agents, at each N: as ``Job`` spreads them."""
+    most = data.get("per_process", PER_PROCESS)
+    counts = [f"{n:,}: {pack_count(n, most)}" for n in data["sizes"]]
+    return f"processes of at most {most} (N: processes {', '.join(counts)})"
+
+
 def share_lines(data: dict[str, Any]) -> list[str]:
     """The store's share of a fan-out at each N, beside what its wake-ups cost at the median
     pace and what N plain writes cost here."""
@@ -1106,8 +1122,8 @@ def write_md(path: Path, data: dict[str, Any]) -> None:
         f"{data['started']}, {data['machine']['cpus']} cores, torch {data['machine']['torch']};"
         f" --node-timeout {data['node_timeout']:g} s (from N={BIG:,}: "
         f"{data.get('big_node_timeout', data['node_timeout']):g} s); "
-        f"agents spread over {PACKS} processes, at most {data.get('per_process', PER_PROCESS)} "
-        f"a process (node 0 and node N-1 alone); Python switch interval "
+        f"agents spread over {packs_said(data)} (node 0 and node N-1 alone); Python switch "
+        f"interval "
         f"{1000 * data.get('switch_interval', 0.005):g} ms; "
         f"sweep took {data['sweep_s']:.0f} s.",
         "",
@@ -1258,17 +1274,9 @@ ROLES: dict[str, Callable[[dict[str, Any]], None]] = {
 }  # fmt: skip
 
 
-def main() -> None:
-    args = parse_args()
-    if args.role:
-        ROLES[args.role](json.loads(os.environ.get(SPEC_ENV, "{}")))
-        return
-    started_wall, started = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
-    env = {**os.environ}
-    env.pop("RES_OPTIONS", None)  # each process sets it as the real agent does
-    args.work = tempfile.mkdtemp(prefix="scale-")
-    args.io_clock = build_io_clock(Path(args.work))
-    data: dict[str, Any] = {"started": started_wall, "sizes": args.sizes, "quick": args.quick,
+def sweep(args: argparse.Namespace, env: dict[str, str], started: str) -> dict[str, Any]:
+    """Every N of ``args.sizes``, the old design's replay and the DNS runs."""
+    data: dict[str, Any] = {"started": started, "sizes": args.sizes, "quick": args.quick,
                             "node_timeout": args.node_timeout, "machine": machine(),
                             "big_node_timeout": args.big_node_timeout,
                             "per_process": args.per_process,
@@ -1286,9 +1294,25 @@ def main() -> None:
     if not args.no_dns:
         data["dns_checks"] = dns_checks(env)
         data["dns_joins"] = dns_joins(args, env)
+    return data
+
+
+def main() -> None:
+    args = parse_args()
+    if args.role:
+        ROLES[args.role](json.loads(os.environ.get(SPEC_ENV, "{}")))
+        return
+    started_wall, started = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
+    env = {**os.environ}
+    env.pop("RES_OPTIONS", None)  # each process sets it as the real agent does
+    args.work = tempfile.mkdtemp(prefix="scale-")
+    try:
+        args.io_clock = build_io_clock(Path(args.work))
+        data = sweep(args, env, started_wall)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
     data["sweep_s"] = time.monotonic() - started
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    shutil.rmtree(args.work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(data, indent=1) + "\n")
     write_md(args.out / "scale.md", data)
