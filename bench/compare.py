@@ -390,7 +390,7 @@ def host_busy_s() -> float:
     """CPU seconds every core of this host has spent busy since boot (/proc/stat): across a
     window, what everything on the host used, the launchers' processes and all under them."""
     with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:9]]
+        ticks = [int(v) for v in f.readline().split()[1:8]]  # to softirq; not steal
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
@@ -791,9 +791,10 @@ def report(
             "On failure the last node's rank exits 3 once every rank is up; exit codes are "
             f"per agent in launch order, and an agent still running {MULTI_HANG_S:g} s after "
             "the failure never exits; leftovers are counted one second after it. CPU from "
-            "failure to exit: what the host's cores spent busy from the failure's stamp to the "
-            "last agent's exit, all cores together (/proc/stat, in 10 ms ticks). In brackets: "
-            "the fastest and slowest run.",
+            "failure to exit: what the host's cores spent busy from when the bench saw the "
+            "failure's stamp (it looks every 10 ms) to the last agent's exit, all cores "
+            "together (/proc/stat, in 10 ms ticks, time stolen by the hypervisor left out). "
+            "In brackets: the fastest and slowest run.",
             "", multi_table(multi_rows, multi_absent),
         ]  # fmt: skip
     return "\n".join(text)
