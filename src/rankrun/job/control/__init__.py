@@ -10,8 +10,8 @@ Every key is named in ``keys.py``. What each agent asks of the store, and how of
   counter and waits on one key, the verdict. Node 0 alone reads every claim, once, and
   publishes the verdict;
 - while the job runs: one ``compare_set`` per heartbeat interval (``beat_interval``: a fifth
-  of --node-timeout, at most 2 s, but paced past 2,000 nodes so that node 0's store takes
-  1,000 beats a second). Node 0 also reads every beat in one ``multi_get``. Nothing else:
+  of --node-timeout, at most 2 s, or N/1,000 s where that is longer, so that node 0's store
+  takes 1,000 beats a second). Node 0 also reads every beat in one ``multi_get``. Nothing else:
   the end of an attempt and its conclusion reach every agent through ``wait`` on one key
   each, on a client of its own (a push);
 - a failure: three requests from the node that has it (its order, its fact, the attempt's

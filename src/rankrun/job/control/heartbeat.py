@@ -12,7 +12,7 @@ from rankrun.job.control.store import JobStore
 ASK = b"ask:"
 NODE0_BEATS_PER_S = 1000
 """The beats node 0's store takes per second, at most, once the job's size would ask for more
-than a 2 s interval gives (past 2,000 nodes): each costs its one thread a request."""
+than the usual interval gives (past 2,000 nodes at 2 s): each costs its one thread a request."""
 
 
 def beat_interval(timeout: float, nnodes: int) -> float:
