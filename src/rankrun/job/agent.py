@@ -130,8 +130,8 @@ class Agent:
             return f"stopped by {signal.Signals(signum).name}"
         if self.link.cut_off:
             return self.link.cut_off_reason()
-        lost = ", ".join(map(str, self.link.heartbeat.lost()))
-        return f"node {lost} lost: no heartbeat for {self.link.timeout:g} s" if lost else None
+        lost = self.link.heartbeat.lost()
+        return self.link.lost_reason(lost) if lost else None
 
     def _open_workers(self) -> str:
         """Node 0, once every node is at the restart barrier: a fresh store for the ranks."""

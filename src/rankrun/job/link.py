@@ -161,12 +161,14 @@ class Link:
     def _declare_lost(self, lost: list[int]) -> None:
         """Node 0: end the attempt for the nodes whose heartbeat stopped."""
         if lost:
-            named = ", ".join(
-                f"{r} ({self.nodes[r].hostname}, pid {self.nodes[r].pid})" for r in lost
-            )
-            reason = f"node {named} lost: no heartbeat for {self.timeout:g} s"
+            reason = self.lost_reason(lost)
             end = AttemptEnd(EndKind.LOST, reason, 1, self.node_rank, lost=tuple(lost))
             control.declare_lost(self.store, self.attempt_number, end)
+
+    def lost_reason(self, lost: list[int]) -> str:
+        """``node 1 (host, pid 42) lost: no heartbeat for 10 s``."""
+        named = ", ".join(f"{r} ({self.nodes[r].hostname}, pid {self.nodes[r].pid})" for r in lost)
+        return f"node {named} lost: no heartbeat for {self.timeout:g} s"
 
     def _take_question(self) -> None:
         number, self.heartbeat.asked = self.heartbeat.asked, None
