@@ -39,6 +39,8 @@ class Job:
                 if number == self.plan.max_restarts or not self._restarts(attempt):
                     break
                 if self.agent is not None and not self.agent.meet_again(number, host, printer):
+                    if (signum := host.terminating()) is not None:  # 128+N, as anywhere else
+                        attempts[-1] = attempt._replace(interrupted_by=signum)
                     break
         finally:
             if self.agent is not None:
