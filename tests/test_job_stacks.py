@@ -102,7 +102,7 @@ def two_nodes(runs: Runs, tmp_path: Path) -> Iterator[Callable[..., TwoNodes]]:
 
 
 def _check_stacks(job: TwoNodes, host: str) -> None:
-    node0, node1 = job.entries
+    node0 = job.entries[0]
     assert [(e.nnodes, e.job_store) for e in job.entries] == [(2, f"{job.addr}:{job.port}")] * 2
     # By run id, on a host where both nodes run: node 0, which has the whole job.
     shown = job.command(0, "stacks", "j19", "--wait", "20")
@@ -117,15 +117,22 @@ def _check_stacks(job: TwoNodes, host: str) -> None:
     assert any("wait_for_the_others (rank.py:" in line for line in full), full
 
     # On node 1, by its launcher's pid: its own ranks, and where the whole job is.
-    there = job.command(1, "stacks", str(node1.pid))
+    lines = _on_node_1(job, "stacks")
+    assert {line.split(":")[0] for line in lines[1:]} == {"[rank2]", "[rank3]"}, lines
+    assert any("load_batch (rank.py:" in line for line in lines if line.startswith("[rank3]"))
+
+
+def _on_node_1(job: TwoNodes, command: str) -> list[str]:
+    """``rankrun <command>`` on node 1 by its launcher's pid: its own ranks, after a line
+    that says where the whole job is."""
+    there = job.command(1, command, str(job.entries[1].pid))
     assert there.returncode == 0, there.stderr
     lines = there.stdout.splitlines()
     assert lines[0] == (
         f"node 1 of job j19's 2 nodes: node 0 (host {job.addr}) has the whole job "
-        "(rankrun stacks j19 there); this node's ranks:"
+        f"(rankrun {command} j19 there); this node's ranks:"
     )
-    assert {line.split(":")[0] for line in lines[1:]} == {"[rank2]", "[rank3]"}, lines
-    assert any("load_batch (rank.py:" in line for line in lines if line.startswith("[rank3]"))
+    return lines
 
 
 def _node_rows(job: TwoNodes) -> list[list[str]]:
@@ -152,13 +159,7 @@ def _check_status(job: TwoNodes) -> None:
 
     wait_until(beaten, 30, "every node's quiet time in the status", every=0.5)
     node1 = job.entries[1]
-    there = job.command(1, "status", str(node1.pid))
-    assert there.returncode == 0, there.stderr
-    lines = there.stdout.splitlines()
-    assert lines[0] == (
-        f"node 1 of job j19's 2 nodes: node 0 (host {job.addr}) has the whole job "
-        "(rankrun status j19 there); this node's ranks:"
-    )
+    lines = _on_node_1(job, "status")
     assert lines[1].startswith(f"run j19: launcher pid {node1.pid} on {node1.host}, node 1")
     assert [line.split()[0] for line in lines[3:]] == ["2", "3"], lines
 
